@@ -1,0 +1,43 @@
+# Quick start: `make demo` and `make test` each set up .venv by themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# No network at run time: models load from local directories only.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+# Ray 2.60 turns token auth on by default; a local single-user cluster runs without it.
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test lint pretrain eval clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/t2i-rlhf demo
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check t2i_rlhf tests benchmarks
+
+pretrain: $(STAMP)
+	$(VENV)/bin/t2i-rlhf pretrain
+
+eval: $(STAMP)
+	$(VENV)/bin/t2i-rlhf eval --model models/shapes-sd
+
+clean:
+	rm -rf $(VENV) .pytest_cache

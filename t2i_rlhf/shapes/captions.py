@@ -1,0 +1,105 @@
+"""Pre-training data, "LAION-like": rendered images with noisy, partial captions.
+
+Caption policy (why the base model is imperfectly aligned, as SD is): each image's caption is
+built from its true attributes, but
+  - the count word appears in COUNT_P of captions, and is wrong in COUNT_WRONG_P of those;
+    without it one object reads "a circle" and several a bare plural ("circles");
+  - the colour appears in COLOUR_P of captions (wrong in COLOUR_WRONG_P of those);
+  - the scene appears in SCENE_P of captions (wrong in SCENE_WRONG_P of those).
+Counts, colours, shapes and scenes are drawn uniformly. Everything is a function of the seed.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from t2i_rlhf.shapes.prompts import format_caption
+from t2i_rlhf.shapes.render import render_attributes
+from t2i_rlhf.shapes.vocab import COLOURS, COUNT_WORDS, SCENES, SHAPES
+
+
+@dataclass(frozen=True)
+class CaptionPolicy:
+    count_p: float = 0.45
+    count_wrong_p: float = 0.2
+    colour_p: float = 0.8
+    colour_wrong_p: float = 0.05
+    scene_p: float = 0.7
+    scene_wrong_p: float = 0.05
+
+
+PRETRAIN_SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),  # PNG bytes, 32x32 RGB
+        ("caption", pa.string()),
+        ("count", pa.int8()),
+        ("colour", pa.string()),
+        ("shape", pa.string()),
+        ("scene", pa.string()),
+        ("seed", pa.int64()),
+    ]
+)
+
+
+def _other(rng: np.random.Generator, options: list, value):
+    return options[(options.index(value) + int(rng.integers(1, len(options)))) % len(options)]
+
+
+def make_example(seed: int, policy: CaptionPolicy = CaptionPolicy()) -> dict:
+    """One pre-training example: the image, its true attributes and its noisy caption."""
+    rng = np.random.default_rng([seed, 104729])
+    n = int(rng.integers(1, 5))
+    colour = str(rng.choice(list(COLOURS)))
+    shape = str(rng.choice(list(SHAPES)))
+    scene = str(rng.choice(list(SCENES)))
+    image = render_attributes(shape, n, colour, scene, seed)
+
+    say_count = rng.random() < policy.count_p
+    cap_n = n
+    if say_count and rng.random() < policy.count_wrong_p:
+        cap_n = _other(rng, list(COUNT_WORDS), n)
+    cap_colour = None
+    if rng.random() < policy.colour_p:
+        cap_colour = _other(rng, list(COLOURS), colour) if rng.random() < policy.colour_wrong_p else colour
+    cap_scene = None
+    if rng.random() < policy.scene_p:
+        cap_scene = _other(rng, list(SCENES), scene) if rng.random() < policy.scene_wrong_p else scene
+    caption = format_caption(shape, cap_n, say_count, cap_colour, cap_scene)
+    return {"image": image, "caption": caption, "count": n, "colour": colour, "shape": shape,
+            "scene": scene, "seed": seed}
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def write_pretrain_parquet(
+    path: str | Path, n: int, first_seed: int = 0, policy: CaptionPolicy = CaptionPolicy(),
+    rows_per_file: int = 20_000,
+) -> list[Path]:
+    """Write `n` examples as Parquet files under directory `path`; returns the files."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for start in range(0, n, rows_per_file):
+        rows = [make_example(first_seed + i, policy) for i in range(start, min(n, start + rows_per_file))]
+        table = pa.Table.from_pylist(
+            [{**r, "image": png_bytes(r["image"])} for r in rows], schema=PRETRAIN_SCHEMA
+        )
+        f = out / f"part-{start // rows_per_file:05d}.parquet"
+        pq.write_table(table, f)
+        files.append(f)
+    return files
