@@ -11,15 +11,14 @@ Counts, colours, shapes and scenes are drawn uniformly. Everything is a function
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
+from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.shapes.prompts import format_caption
 from t2i_rlhf.shapes.render import render_attributes
 from t2i_rlhf.shapes.vocab import COLOURS, COUNT_WORDS, SCENES, SHAPES
@@ -74,16 +73,6 @@ def make_example(seed: int, policy: CaptionPolicy = CaptionPolicy()) -> dict:
     caption = format_caption(shape, cap_n, say_count, cap_colour, cap_scene)
     return {"image": image, "caption": caption, "count": n, "colour": colour, "shape": shape,
             "scene": scene, "seed": seed}
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def write_pretrain_parquet(
