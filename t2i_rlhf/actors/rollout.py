@@ -1,0 +1,253 @@
+"""One generation round as a stream: generators -> scorers -> buffer.
+
+Each chunk of (prompt, seed) pairs becomes a chain of three actor calls whose object refs are
+handed straight to the next stage, so a chunk is scored as soon as it is generated (while the
+generators work on the next chunks) and data never passes through the driver. The driver only
+keeps each generator busy, bounds the chunks in flight (so a full buffer, which makes puts wait,
+stops new generation instead of piling up results), and collects small put receipts.
+
+Actors are placed in one placement group with a bundle per actor, built from the per-actor
+resources in the config: `num_gpus=1` gives each generator a GPU on a cluster, `num_cpus=1`
+a CPU here, with the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from t2i_rlhf.actors.buffer import SampleBufferActor
+from t2i_rlhf.actors.generator import GenerationConfig, GeneratorActor, check_pipeline_dir
+from t2i_rlhf.actors.scorer import RewardScorerActor, ScoreFn
+from t2i_rlhf.model_version import BASE_VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundSummary:
+    """What a round produced, how fast, and how the reward model saw it."""
+
+    round: int
+    requested: int
+    generated: int  # samples that reached the buffer (added + duplicates)
+    added: int
+    duplicates: int
+    scored: int
+    wall_s: float
+    images_per_s: float
+    reward_mean: float | None
+    reward_std: float | None
+    reward_min: float | None
+    reward_max: float | None
+    model_versions: list[str]
+    reward_model_versions: list[str]
+    first_score_start: float | None  # wall-clock time (time.time()) in the scorer processes
+    last_generation_end: float | None
+
+    @property
+    def overlap_s(self) -> float:
+        """How long scoring ran alongside generation (> 0 means the stages streamed)."""
+        if self.first_score_start is None or self.last_generation_end is None:
+            return 0.0
+        return max(0.0, self.last_generation_end - self.first_score_start)
+
+
+def _check_items(items: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    items = [(str(p), int(s)) for p, s in items]
+    if not items:
+        raise ValueError("the prompt list is empty: a generation round needs at least one (prompt, seed)")
+    empty = [p for p, _ in items if not p.strip()]
+    if empty:
+        raise ValueError(f"{len(empty)} prompts are empty strings")
+    if len(set(items)) != len(items):
+        raise ValueError("the round repeats (prompt, seed) pairs; each pair makes one sample id")
+    return items
+
+
+def run_generation_round(
+    round: int,
+    items: Sequence[tuple[str, int]],
+    generators: Sequence,
+    scorers: Sequence,
+    buffer,
+    *,
+    batch_size: int = 8,
+    max_in_flight: int = 2,
+    put_timeout_s: float | None = 300.0,
+    stall_timeout_s: float = 600.0,
+) -> RoundSummary:
+    """Generate, score and store every (prompt, seed) of a round as a stream.
+
+    generators / scorers / buffer are actor handles (GeneratorActor, RewardScorerActor,
+    SampleBufferActor); with no scorers, samples are stored unscored (round 0 of the paper has
+    no reward model yet). `max_in_flight` chunks are queued per generator. Raises the failing
+    stage's error, or TimeoutError if nothing finishes for `stall_timeout_s`.
+    """
+    items = _check_items(items)
+    if not generators:
+        raise ValueError("run_generation_round needs at least one generator")
+    if batch_size < 1 or max_in_flight < 1:
+        raise ValueError("batch_size and max_in_flight must be >= 1")
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    start = time.time()
+    next_chunk, next_scorer = 0, 0
+    busy = [0] * len(generators)
+    gen_refs: dict[ray.ObjectRef, int] = {}  # generate() ref -> generator index
+    put_refs: dict[ray.ObjectRef, int] = {}  # put() ref -> chunk index
+    max_chains = max_in_flight * len(generators) + len(scorers)
+    receipts: list[dict] = []
+
+    def submit(g: int) -> None:
+        nonlocal next_chunk, next_scorer
+        ref = generators[g].generate.remote(round, chunks[next_chunk])
+        gen_refs[ref] = g
+        busy[g] += 1
+        if scorers:
+            ref_scored = scorers[next_scorer % len(scorers)].score_batch.remote(ref)
+            next_scorer += 1
+        else:
+            ref_scored = ref
+        put_refs[buffer.put.remote(ref_scored, put_timeout_s)] = next_chunk
+        next_chunk += 1
+
+    while next_chunk < len(chunks) or put_refs:
+        while next_chunk < len(chunks) and len(put_refs) < max_chains:
+            g = int(np.argmin(busy))
+            if busy[g] >= max_in_flight:
+                break
+            submit(g)
+        ready, _ = ray.wait([*gen_refs, *put_refs], num_returns=1, timeout=stall_timeout_s)
+        if not ready:
+            raise TimeoutError(
+                f"round {round}: no generation, scoring or buffer call finished in {stall_timeout_s:.0f} s "
+                f"({len(receipts)}/{len(chunks)} chunks stored); is an actor stuck or the buffer full?"
+            )
+        for ref in ready:
+            if ref in gen_refs:
+                busy[gen_refs.pop(ref)] -= 1
+            else:
+                put_refs.pop(ref)
+                receipts.append(ray.get(ref))  # re-raises a failure of any stage of this chain
+    wall = time.time() - start
+
+    rewards = np.array([r for rec in receipts for r in rec["rewards"] if r is not None], np.float64)
+    added = sum(rec["added"] for rec in receipts)
+    duplicates = sum(rec["duplicates"] for rec in receipts)
+    gen_times = [t for tl in ray.get([g.timeline.remote() for g in generators]) for t in tl if t[0] >= start]
+    score_times = [t for tl in ray.get([s.timeline.remote() for s in scorers]) for t in tl if t[0] >= start]
+    summary = RoundSummary(
+        round=round, requested=len(items), generated=added + duplicates, added=added, duplicates=duplicates,
+        scored=int(rewards.size), wall_s=wall, images_per_s=(added + duplicates) / wall if wall > 0 else 0.0,
+        reward_mean=float(rewards.mean()) if rewards.size else None,
+        reward_std=float(rewards.std()) if rewards.size else None,
+        reward_min=float(rewards.min()) if rewards.size else None,
+        reward_max=float(rewards.max()) if rewards.size else None,
+        model_versions=sorted(set(ray.get([g.version.remote() for g in generators]))),
+        reward_model_versions=sorted({str(v) for v in ray.get([s.version.remote() for s in scorers])}),
+        first_score_start=min((t[0] for t in score_times), default=None),
+        last_generation_end=max((t[1] for t in gen_times), default=None),
+    )
+    log.info("round %d: %d samples (%d new) in %.1f s, %.2f img/s, reward mean %s",
+             round, summary.generated, added, wall, summary.images_per_s, summary.reward_mean)
+    return summary
+
+
+@dataclass
+class RolloutActors:
+    """The actors of a rollout and the placement group that holds their resources."""
+
+    generators: list
+    scorers: list
+    buffer: object
+    placement_group: PlacementGroup | None = None
+    owned: list = field(default_factory=list)  # actors to kill on shutdown (not a shared buffer)
+
+    def shutdown(self) -> None:
+        for actor in self.owned:
+            ray.kill(actor)
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+            self.placement_group = None
+
+
+def _bundle(num_cpus: float, num_gpus: float) -> dict[str, float]:
+    bundle = {k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
+    if not bundle:
+        raise ValueError("every actor needs some CPU or GPU in its bundle (num_cpus or num_gpus > 0)")
+    return bundle
+
+
+def start_actors(
+    model_dir: str | Path,
+    storage: str | Path,
+    *,
+    n_generators: int = 1,
+    config: GenerationConfig | dict | None = None,
+    scorer_model: ScoreFn | str | Path | None = None,
+    scorer_version: str | None = None,
+    n_scorers: int = 1,
+    scorer_num_cpus: float = 1.0,
+    scorer_num_gpus: float = 0.0,
+    buffer=None,
+    capacity: int = 4096,
+    model_version: str = BASE_VERSION,
+    strategy: str = "PACK",
+    ready_timeout_s: float = 300.0,
+) -> RolloutActors:
+    """Start N generators and M scorers in one placement group (plus a buffer unless one is
+    given), and wait until they are ready, so that bad paths fail here with their own error."""
+    cfg = GenerationConfig.model_validate(config or {})
+    check_pipeline_dir(model_dir)
+    if n_generators < 1:
+        raise ValueError("n_generators must be >= 1")
+    n_scorers = n_scorers if scorer_model is not None else 0
+    bundles = [_bundle(cfg.num_cpus, cfg.num_gpus)] * n_generators
+    bundles += [_bundle(scorer_num_cpus, scorer_num_gpus)] * n_scorers
+    pg = placement_group(bundles, strategy=strategy)
+    try:
+        ray.get(pg.ready(), timeout=ready_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise RuntimeError(
+            f"could not reserve {bundles} ({strategy}) within {ready_timeout_s:.0f} s; "
+            f"cluster resources available: {ray.available_resources()}"
+        ) from None
+
+    def placed(i: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
+
+    generators = [
+        GeneratorActor.options(
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, scheduling_strategy=placed(i)
+        ).remote(str(model_dir), cfg.model_dump(), model_version)
+        for i in range(n_generators)
+    ]
+    scorers = [
+        RewardScorerActor.options(
+            num_cpus=scorer_num_cpus, num_gpus=scorer_num_gpus, scheduling_strategy=placed(n_generators + j)
+        ).remote(scorer_model, scorer_version)
+        for j in range(n_scorers)
+    ]
+    owned = [*generators, *scorers]
+    if buffer is None:
+        buffer = SampleBufferActor.remote(str(storage), capacity)
+        owned.append(buffer)
+    actors = RolloutActors(generators, scorers, buffer, pg, owned)
+    try:
+        ray.get([g.version.remote() for g in generators] + [s.version.remote() for s in scorers]
+                + [buffer.stats.remote()], timeout=ready_timeout_s)
+    except Exception:
+        actors.shutdown()
+        raise
+    log.info("started %d generators, %d scorers (%s)", n_generators, n_scorers, bundles)
+    return actors
+

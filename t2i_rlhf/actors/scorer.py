@@ -1,0 +1,118 @@
+"""The reward scorer: fills `reward` and `reward_model_version` of generated batches.
+
+It wraps either any `score(images, prompts) -> float32 array` callable with a version string
+(tests, the oracle judge, before a reward model exists) or a trained reward model directory,
+loaded lazily with `t2i_rlhf.training.reward_model.load_reward_model` so that the import, and
+the model's memory, are paid only where scoring runs. `update_reward_model` swaps models between
+batches, so one long-lived actor serves every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from t2i_rlhf.samples import SAMPLE_SCHEMA, decode_png, validate_batch
+from t2i_rlhf.shapes import judge
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[list[np.ndarray], list[str]], np.ndarray]
+
+
+def judge_reward(images: list[np.ndarray], prompts: list[str]) -> np.ndarray:
+    """Oracle reward: 1.0 where the shapes judge says the image matches its prompt, else 0.0.
+    An upper bound for a learned reward model, and a scorer that needs no training."""
+    return np.array([float(judge(im, p).good) for im, p in zip(images, prompts, strict=True)], np.float32)
+
+
+def as_sample_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    """One RecordBatch with exactly SAMPLE_SCHEMA's columns, in order (extra columns dropped)."""
+    validate_batch(batch)
+    return pa.RecordBatch.from_arrays(
+        [batch.column(f.name) if isinstance(batch, pa.RecordBatch) else batch.column(f.name).combine_chunks()
+         for f in SAMPLE_SCHEMA],
+        schema=SAMPLE_SCHEMA,
+    )
+
+
+class RewardScorer:
+    """Scores SAMPLE_SCHEMA batches with a callable or a reward-model directory."""
+
+    def __init__(self, model: ScoreFn | str | Path, version: str | None = None) -> None:
+        self._fn: ScoreFn | None = None
+        self._path: Path | None = None
+        self._version: str | None = None
+        self._timeline: list[tuple[float, float, int]] = []
+        self._set(model, version)
+
+    def _set(self, model: ScoreFn | str | Path, version: str | None) -> None:
+        if callable(model):
+            if not version:
+                raise ValueError("a scoring callable needs a version string")
+            self._fn, self._path, self._version = model, None, version
+            return
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"no reward model at {str(model)!r}")
+        self._fn, self._path, self._version = None, path, version  # loaded on first use
+
+    def _scorer(self) -> ScoreFn:
+        if self._fn is None:
+            from t2i_rlhf.training.reward_model import load_reward_model
+
+            assert self._path is not None
+            model = load_reward_model(self._path)
+            if self._version and model.version != self._version:
+                log.warning("reward model at %s reports version %r, using %r as asked",
+                            self._path, model.version, self._version)
+            self._version = self._version or model.version
+            self._fn = model.score
+            log.info("reward model %s loaded from %s", self._version, self._path)
+        return self._fn
+
+    def version(self) -> str | None:
+        """The version tag of the current reward model (None until a lazy model is loaded and
+        no version was given)."""
+        return self._version
+
+    def timeline(self) -> list[tuple[float, float, int]]:
+        """(start, end, n_samples) of every score_batch call."""
+        return list(self._timeline)
+
+    def update_reward_model(self, version: str, location: ScoreFn | str | Path) -> str:
+        """Score later batches with the model at `location` (a directory or a callable)."""
+        self._set(location, version)
+        log.info("scorer now uses reward model %s", version)
+        return version
+
+    def score_batch(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+        """The batch with `reward` and `reward_model_version` filled in."""
+        start = time.time()
+        batch = as_sample_batch(batch)
+        n = batch.num_rows
+        if n == 0:
+            return batch
+        score = self._scorer()
+        images = [decode_png(b) for b in batch.column("image").to_pylist()]
+        prompts = batch.column("prompt").to_pylist()
+        rewards = np.asarray(score(images, prompts), dtype=np.float32).reshape(-1)
+        if rewards.shape[0] != n:
+            raise ValueError(f"reward model {self._version} gave {rewards.shape[0]} scores for {n} samples")
+        if not np.all(np.isfinite(rewards)):
+            raise ValueError(f"reward model {self._version} returned non-finite scores")
+        names = SAMPLE_SCHEMA.names
+        arrays = list(batch.columns)
+        arrays[names.index("reward")] = pa.array(rewards, pa.float32())
+        arrays[names.index("reward_model_version")] = pa.array([self._version] * n, pa.string())
+        self._timeline.append((start, time.time(), n))
+        return pa.RecordBatch.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+
+RewardScorerActor = ray.remote(RewardScorer)
