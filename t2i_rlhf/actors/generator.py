@@ -71,6 +71,10 @@ def check_pipeline_dir(model_dir: str | Path) -> Path:
     return path
 
 
+def _in_ray_actor() -> bool:
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 class Generator:
     """Holds a StableDiffusionPipeline and generates SAMPLE_SCHEMA batches."""
 
@@ -82,7 +86,8 @@ class Generator:
 
         self.config = GenerationConfig.model_validate(config or {})
         self.model_dir = check_pipeline_dir(model_dir)
-        torch.set_num_threads(self.config.torch_threads)
+        if _in_ray_actor():  # only own processes: in-process users keep their thread setting
+            torch.set_num_threads(self.config.torch_threads)
         use_cuda = self.config.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.pipe = StableDiffusionPipeline.from_pretrained(
