@@ -59,18 +59,29 @@ def simulate_labellers(
     stop = threading.Event()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
-    def budget(n: int) -> int:
+    claimed = 0  # labels reserved by workers, so that max_labels is never overshot
+
+    def claim(n: int) -> int:
+        nonlocal claimed
         with lock:
-            return n if max_labels is None else max(0, min(n, max_labels - total.labels))
+            got = n if max_labels is None else max(0, min(n, max_labels - claimed))
+            claimed += got
+            return got
+
+    def release(n: int) -> None:
+        nonlocal claimed
+        with lock:
+            claimed -= n
 
     def worker(i: int) -> None:
         rng = random.Random(f"{seed}:{i}")
         with FeedbackClient(url, token, labeller=f"{labeller_prefix}-{i}") as client:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                n = budget(lease_size)
+                n = claim(lease_size)
                 if n == 0:
                     stop.set()
                     break
+                created = 0
                 try:
                     tasks = client.next_tasks(n, round)["tasks"]
                     if not tasks:
@@ -92,12 +103,15 @@ def simulate_labellers(
                             }
                         )
                     got = client.post_labels(batch)
+                    created = got["created"]
                 except Exception:
                     logger.exception("simulated labeller %d: request failed", i)
                     with lock:
                         total.errors += 1
                     time.sleep(poll_seconds)
                     continue
+                finally:
+                    release(n - created)
                 with lock:
                     total.labels += got["created"]
                     total.already_labelled += got["existing"]
