@@ -1,0 +1,149 @@
+"""The reward model r(x, z) of Lee et al. (2023): frozen CLIP image and text embeddings into a
+trainable 2-layer MLP whose sigmoid output in [0, 1] estimates how likely a person says image x
+matches prompt z.
+
+A checkpoint is a directory:
+  reward_model.json  - version, backbone path (a reference, not a copy), MLP shape, training metrics
+  mlp.safetensors    - the MLP's weights
+The backbone path is stored as given; a relative path resolves against the working directory of
+whoever loads it, and `load_reward_model(path, backbone=...)` overrides it (a cluster's copy)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "reward_model.json"
+WEIGHTS_FILE = "mlp.safetensors"
+
+# "concat" is the paper's input [x, z]; "concat_product" adds x ⊙ z, the per-dimension agreement
+# CLIP's similarity is built from, so a small MLP judges unseen prompt/image pairs from few labels.
+Features = Literal["concat", "concat_product"]
+
+
+class RewardModelSpec(BaseModel):
+    """What a checkpoint needs to rebuild the model (saved as reward_model.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    backbone: str
+    embed_dim: int
+    hidden: int = 1024
+    features: Features = "concat_product"
+    dropout: float = 0.0
+    metrics: dict = {}
+
+
+class RewardMLP(nn.Module):
+    """2-layer MLP on (image, text) embeddings -> r in [0, 1]. Broadcasts leading dims, so one
+    image against N prompts ([B, 1, d] with [B, N, d]) gives [B, N].
+
+    Inputs are standardised per dimension with statistics of the training embeddings (buffers,
+    saved with the weights): CLIP embeddings share a large common component, and what tells
+    images apart lives in small deviations from it."""
+
+    def __init__(self, embed_dim: int, hidden: int = 1024, features: Features = "concat_product",
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.features = features
+        for name in ("x_mean", "z_mean"):
+            self.register_buffer(name, torch.zeros(embed_dim))
+        for name in ("x_std", "z_std"):
+            self.register_buffer(name, torch.ones(embed_dim))
+        n_in = embed_dim * (3 if features == "concat_product" else 2)
+        self.net = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+
+    @torch.no_grad()
+    def fit_standardisation(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+        """Set the input statistics from training embeddings (before training)."""
+        for prefix, e in (("x", image_emb), ("z", text_emb)):
+            getattr(self, f"{prefix}_mean").copy_(e.mean(0))
+            std = e.std(0) if len(e) > 1 else torch.ones_like(e[0])
+            getattr(self, f"{prefix}_std").copy_(std.clamp_min(1e-6))
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        x = (image_emb - self.x_mean) / self.x_std
+        z = (text_emb - self.z_mean) / self.z_std
+        x, z = torch.broadcast_tensors(x, z)
+        parts = [x, z, x * z] if self.features == "concat_product" else [x, z]
+        return torch.sigmoid(self.net(torch.cat(parts, dim=-1)).squeeze(-1))
+
+
+class RewardModel:
+    """A frozen backbone plus a trained MLP; what the scorer actor holds."""
+
+    def __init__(self, spec: RewardModelSpec, mlp: RewardMLP, backbone: ClipBackbone) -> None:
+        self.spec = spec
+        self.mlp = mlp.eval()
+        self.backbone = backbone
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    @torch.no_grad()
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
+        """r(x, z) in [0, 1] for uint8 HxWx3 images and their prompts, as float32."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        if not len(images):
+            return np.zeros(0, np.float32)
+        x = self.backbone.embed_images(images, cache=False)
+        z = self.backbone.embed_texts(list(prompts))
+        device = next(self.mlp.parameters()).device
+        return self.mlp(x.to(device), z.to(device)).float().cpu().numpy().astype(np.float32)
+
+
+def save_reward_model(out_dir: str | Path, spec: RewardModelSpec, mlp: RewardMLP) -> Path:
+    """Write a checkpoint directory; the config goes last so a half-written one never loads."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in mlp.state_dict().items()}, out / WEIGHTS_FILE)
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(spec.model_dump_json(indent=2))
+    tmp.replace(out / CONFIG_FILE)
+    return out
+
+
+def read_spec(path: str | Path) -> RewardModelSpec:
+    p = Path(path) / CONFIG_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no reward model at {path}: {CONFIG_FILE} is missing")
+    return RewardModelSpec.model_validate(json.loads(p.read_text()))
+
+
+def load_reward_model(
+    path: str | Path, backbone: str | Path | None = None, device: str = "cpu"
+) -> RewardModel:
+    """Load a checkpoint directory. `backbone` overrides the stored backbone path; a missing
+    backbone directory is a FileNotFoundError that names it."""
+    spec = read_spec(path)
+    if backbone is not None:
+        spec = spec.model_copy(update={"backbone": str(backbone)})
+    check_backbone_dir(spec.backbone)
+    mlp = RewardMLP(spec.embed_dim, spec.hidden, spec.features, spec.dropout)
+    mlp.load_state_dict(load_file(Path(path) / WEIGHTS_FILE))
+    enc = ClipBackbone(spec.backbone, device=device)
+    if enc.dim != spec.embed_dim:
+        raise ValueError(
+            f"reward model {path} was trained on {spec.embed_dim}-d embeddings but backbone "
+            f"{spec.backbone} gives {enc.dim}-d ones"
+        )
+    log.info("loaded reward model %s (backbone %s)", spec.version, spec.backbone)
+    return RewardModel(spec, mlp.to(device), enc)

@@ -1,0 +1,226 @@
+"""Reward-model training: labelled samples -> a versioned reward-model checkpoint + metrics.
+
+The backbone is frozen, so every image and prompt (true and perturbed) is embedded once up
+front; an epoch then only runs the small MLP over cached tensors. Runs in-process or as a Ray
+task (`train_reward_model_remote`, a GPU on a cluster when `num_gpus` > 0)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
+from t2i_rlhf.training.reward_data import (
+    LabelledData,
+    LabelledSet,
+    heldout_mask,
+    perturbation_table,
+    read_labelled,
+    resolve_perturbation,
+)
+from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
+from t2i_rlhf.training.reward_metrics import score_metrics
+from t2i_rlhf.training.reward_model import (
+    Features,
+    RewardMLP,
+    RewardModel,
+    RewardModelSpec,
+    load_reward_model,
+    save_reward_model,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RewardTrainingConfig(BaseModel):
+    """Defaults follow the paper (1024 hidden, λ = 0.5, T = 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "models/shapes-clip"  # any Hugging Face CLIPModel directory
+    hidden: int = Field(1024, gt=0)
+    features: Features = "concat_product"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    lambda_aux: float = Field(0.5, ge=0)  # weight of the prompt-classification term; 0 = MSE only
+    temperature: float = Field(2.0, gt=0)
+    n_prompts: int = Field(8, ge=2)  # N: the true prompt and N−1 perturbations
+    perturbation: str = "shapes"  # "shapes" | "none" | "package.module:function" (see reward_data)
+    epochs: int = Field(60, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(64, gt=0)
+    heldout: Literal["shapes", "fraction", "none"] = "fraction"  # how prompts are held out
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda when available
+    num_gpus: float = Field(0, ge=0)  # Ray resources of the training task
+    num_cpus: float = Field(1, ge=0)
+    threads: int | None = Field(None, gt=0)  # torch CPU threads; 1 is fastest for this small MLP
+    embedding_cache: str | None = None  # .npz file to keep backbone embeddings across runs
+
+
+class EmbeddedSet:
+    """Labelled samples as cached embeddings: x (images), z (prompts) and, per sample, indices of
+    its true + perturbed prompts into a table of distinct prompt embeddings."""
+
+    def __init__(self, data: LabelledSet, backbone: ClipBackbone, cfg: RewardTrainingConfig) -> None:
+        # Perturbations are embedded even when λ = 0, so the ablation still reports the task.
+        fn = resolve_perturbation(cfg.perturbation)
+        cands = perturbation_table(data.prompts, cfg.n_prompts - 1, fn, seed=cfg.seed)
+        texts = list(dict.fromkeys(t for row in cands for t in row))
+        index = {t: i for i, t in enumerate(texts)}
+        self.text_table = backbone.embed_texts(texts)
+        self.x = backbone.embed_images(data.images)
+        self.z = self.text_table[[index[t] for t in data.prompts]]
+        self.y = torch.from_numpy(data.labels).float()
+        self.cand = torch.zeros(len(data), cfg.n_prompts, dtype=torch.long)
+        self.valid = torch.zeros(len(data), cfg.n_prompts, dtype=torch.bool)
+        for i, row in enumerate(cands):
+            self.cand[i, : len(row)] = torch.tensor([index[t] for t in row])
+            self.valid[i, : len(row)] = True
+        # The auxiliary term covers images labelled good whose prompt has perturbations.
+        self.aux = (self.y > 0.5) & self.valid[:, 1:].any(dim=1)
+
+    def to(self, device: torch.device) -> EmbeddedSet:
+        for name in ("text_table", "x", "z", "y", "cand", "valid", "aux"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def batch_loss(self, mlp: RewardMLP, idx: torch.Tensor, cfg: RewardTrainingConfig):
+        """The paper's loss on samples `idx`: MSE on all, prompt classification on the good ones."""
+        r = mlp(self.x[idx], self.z[idx])
+        good = idx[self.aux[idx]] if cfg.lambda_aux > 0 else idx[:0]
+        r_cand = mlp(self.x[good].unsqueeze(1), self.text_table[self.cand[good]])
+        return reward_loss(r, self.y[idx], r_cand, self.valid[good], cfg.lambda_aux, cfg.temperature)
+
+    @torch.no_grad()
+    def evaluate(self, mlp: RewardMLP, mask: torch.Tensor, cfg: RewardTrainingConfig) -> dict:
+        """Loss parts, accuracy at 0.5, ROC AUC, and how often the true prompt outranks its
+        perturbations (the auxiliary task, reported even when trained without it)."""
+        idx = torch.nonzero(mask).squeeze(1)
+        if len(idx) == 0:
+            return {"n": 0}
+        r = mlp(self.x[idx], self.z[idx])
+        good = idx[self.aux[idx]]
+        r_cand = mlp(self.x[good].unsqueeze(1), self.text_table[self.cand[good]])
+        mse = float(mse_term(r, self.y[idx]))
+        out = {**score_metrics(r.cpu().numpy(), self.y[idx].cpu().numpy()), "mse": mse}
+        if len(good):
+            pc = float(prompt_classification_term(r_cand, self.valid[good], cfg.temperature))
+            # Strictly above every perturbation: a saturated r that ties them all does not count.
+            best_neg = r_cand[:, 1:].masked_fill(~self.valid[good][:, 1:], -math.inf).max(dim=1).values
+            out.update(prompt_ce=pc, prompt_accuracy=float((r_cand[:, 0] > best_neg).float().mean()))
+        out["loss"] = mse + cfg.lambda_aux * out.get("prompt_ce", 0.0)
+        return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_reward_model(
+    labelled: LabelledData, config: RewardTrainingConfig, out_dir: str | Path, version: str
+) -> dict:
+    """Train r(x, z) on labelled samples (a Table or Parquet files/dirs) and write checkpoint
+    `out_dir` with `version`. Returns metrics for the train and held-out samples."""
+    t0 = time.monotonic()
+    check_backbone_dir(config.backbone)  # fail before any data is read
+    data = read_labelled(labelled)
+    if not len(data):
+        raise ValueError("no labelled samples to train the reward model on (skips do not count)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    backbone = ClipBackbone(config.backbone, device=str(device))
+    if config.embedding_cache:
+        backbone.load_cache(config.embedding_cache)
+    emb = EmbeddedSet(data, backbone, config)
+    if config.embedding_cache:
+        backbone.save_cache(config.embedding_cache)
+    t_embed = time.monotonic() - t0
+    held = torch.from_numpy(heldout_mask(data.prompts, config.heldout, config.heldout_fraction, config.seed))
+    emb.to(device)
+    held = held.to(device)
+    train_idx = torch.nonzero(~held).squeeze(1)
+    if len(train_idx) == 0:
+        raise ValueError("every labelled sample is held out; nothing left to train on")
+
+    mlp = RewardMLP(backbone.dim, config.hidden, config.features, config.dropout).to(device)
+    mlp.fit_standardisation(emb.x[train_idx], emb.z[train_idx])
+    opt = torch.optim.AdamW(mlp.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    for epoch in range(config.epochs):
+        mlp.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).to(device)]
+        for batch in order.split(config.batch_size):
+            loss, parts = emb.batch_loss(mlp, batch, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch == 0 or (epoch + 1) % max(1, config.epochs // 5) == 0:
+            log.info("reward epoch %d/%d: loss %.4f", epoch + 1, config.epochs, parts["loss"])
+
+    mlp.eval()
+    metrics = {
+        "version": version,
+        "n_train": int(len(train_idx)),
+        "n_heldout": int(held.sum()),
+        "train": emb.evaluate(mlp, ~held, config),
+        "heldout": emb.evaluate(mlp, held, config),
+        "embed_seconds": round(t_embed, 2),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    spec = RewardModelSpec(
+        version=version, backbone=config.backbone, embed_dim=backbone.dim, hidden=config.hidden,
+        features=config.features, dropout=config.dropout,
+        metrics={**metrics, "config": config.model_dump()},
+    )
+    save_reward_model(out_dir, spec, mlp.cpu())
+    log.info("reward model %s -> %s: %s", version, out_dir, _summary(metrics))
+    return metrics
+
+
+def _summary(m: dict) -> str:
+    def part(name: str) -> str:
+        d = m[name]
+        if not d.get("n"):
+            return f"{name} n=0"
+        return f"{name} n={d['n']} mse={d['mse']:.3f} acc={d['accuracy']:.3f} auc={d['auc']:.3f}"
+    return ", ".join(part(k) for k in ("train", "heldout"))
+
+
+def evaluate_reward_model(model: RewardModel | str | Path, labelled: LabelledData) -> dict:
+    """MSE, accuracy at 0.5 and ROC AUC of a checkpoint on labelled samples."""
+    rm = model if isinstance(model, RewardModel) else load_reward_model(model)
+    data = read_labelled(labelled)
+    scores = rm.score(data.images, data.prompts)
+    return {"version": rm.version, **score_metrics(scores, data.labels)}
+
+
+def train_reward_model_remote(
+    labelled: LabelledData, config: RewardTrainingConfig, out_dir: str | Path, version: str
+):
+    """Submit `train_reward_model` as a Ray task (resources from the config); returns its
+    ObjectRef. Paths that exist here are made absolute, since a worker's cwd may differ."""
+    import ray
+
+    if Path(config.backbone).exists():
+        config = config.model_copy(update={"backbone": str(Path(config.backbone).resolve())})
+    if isinstance(labelled, str | Path):
+        labelled = str(Path(labelled).resolve())
+    elif not isinstance(labelled, pa.Table):
+        labelled = [str(Path(p).resolve()) for p in labelled]
+    task = ray.remote(train_reward_model).options(
+        num_cpus=config.num_cpus, num_gpus=config.num_gpus, name="train_reward_model"
+    )
+    return task.remote(labelled, config, str(Path(out_dir).resolve()), version)

@@ -1,0 +1,145 @@
+"""Reward-model building blocks: the paper's loss terms, metrics, labelled-data reading (skips
+ignored), perturbations, and the checkpoint format with its clear missing-backbone error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
+from t2i_rlhf.shapes import parse_prompt, perturb, render
+from t2i_rlhf.training.reward_data import (
+    heldout_mask,
+    perturbation_table,
+    read_labelled,
+    resolve_perturbation,
+    shapes_perturbations,
+)
+from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
+from t2i_rlhf.training.reward_metrics import accuracy, roc_auc
+from t2i_rlhf.training.reward_model import (
+    CONFIG_FILE,
+    RewardMLP,
+    RewardModelSpec,
+    load_reward_model,
+    save_reward_model,
+)
+
+
+def sample_rows(prompts: list[str], labels: list[float | None], n_labels: list[int]) -> pa.Table:
+    """Rows in SAMPLE_SCHEMA, each with a rendered image of its prompt."""
+    rows = []
+    for i, (text, label, n) in enumerate(zip(prompts, labels, n_labels, strict=True)):
+        rows.append(dict(
+            sample_id=f"s{i}", round=0, prompt=text, category=parse_prompt(text).category, seed=i,
+            model_version="base", image=png_bytes(render(parse_prompt(text), seed=i)),
+            latents=[0.0] * 4, latent_shape=[1, 2, 2], reward=None, reward_model_version=None,
+            label=label, n_labels=n,
+        ))
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+
+def test_mse_term_is_squared_error_to_mean_label():
+    r = torch.tensor([0.9, 0.2, 0.5])
+    y = torch.tensor([1.0, 0.0, 2 / 3])  # the last sample: two good labels and one bad
+    assert mse_term(r, y).item() == pytest.approx(((0.1**2) + (0.2**2) + (1 / 6) ** 2) / 3, rel=1e-5)
+
+
+def test_prompt_classification_is_cross_entropy_over_r_by_temperature():
+    r = torch.tensor([[0.9, 0.1, 0.2, 0.0], [0.3, 0.8, 0.4, 0.0]])
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])  # row 0: 2 negatives
+    got = prompt_classification_term(r, valid, temperature=2.0).item()
+    row0 = -math.log(math.exp(0.45) / (math.exp(0.45) + math.exp(0.05) + math.exp(0.1)))
+    e = [math.exp(v / 2) for v in (0.3, 0.8, 0.4, 0.0)]
+    row1 = -math.log(e[0] / sum(e))
+    assert got == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    # Ranking the true prompt first lowers the term; no good images -> no term.
+    better = prompt_classification_term(torch.tensor([[1.0, 0, 0, 0]] * 2), valid, 2.0)
+    assert better.item() < got
+    assert prompt_classification_term(torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.bool), 2.0) == 0
+    loss, parts = reward_loss(torch.tensor([0.5]), torch.tensor([1.0]), r, valid, lam=0.5, temperature=2.0)
+    assert loss.item() == pytest.approx(0.25 + 0.5 * got, rel=1e-5)
+    assert parts["mse"] == pytest.approx(0.25)
+
+
+def test_accuracy_and_auc_match_hand_computed_values():
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
+    labels = np.array([0.0, 0.0, 1.0, 1.0, 0.5])  # the 50/50 tie has no majority: left out
+    assert roc_auc(scores, labels) == pytest.approx(0.75)
+    assert accuracy(scores, labels) == pytest.approx(0.75)
+    assert math.isnan(roc_auc(scores[:2], labels[:2]))
+
+
+def test_skips_and_unlabelled_samples_are_ignored(tmp_path):
+    prompts = ["a red circle", "two squares", "a circle in the forest", "one triangle", "a blue square"]
+    table = sample_rows(prompts, [1.0, None, 0.0, 2 / 3, None], [1, 0, 1, 3, 0])
+    path = tmp_path / "round-0000.parquet"
+    pq.write_table(table, path)
+    for source in (table, tmp_path, [path]):
+        data = read_labelled(source)
+        assert data.prompts == ["a red circle", "a circle in the forest", "one triangle"]
+        np.testing.assert_allclose(data.labels, [1.0, 0.0, 2 / 3], rtol=1e-6)
+        assert data.images[0].shape == (32, 32, 3) and data.images[0].dtype == np.uint8
+    with pytest.raises(FileNotFoundError, match="no labelled data"):
+        read_labelled(tmp_path / "nope")
+
+
+def test_perturbations_shapes_grammar_and_beyond():
+    negs = shapes_perturbations("two blue triangles in the city", 7, seed=3)
+    assert len(set(negs)) == 7 and "two blue triangles in the city" not in negs
+    assert negs == [q.text for q in perturb(parse_prompt("two blue triangles in the city"), 7, seed=3)]
+    # A count prompt has only 11 others: ask for more, get all of them.
+    assert len(shapes_perturbations("two circles", 20, seed=0)) == 11
+    # Off-grammar prompts (a real-world run) get none: their auxiliary term is skipped.
+    table = perturbation_table(["a photo of a cat", "a red circle"], 3, shapes_perturbations)
+    assert table[0] == ["a photo of a cat"] and len(table[1]) == 4
+    assert resolve_perturbation("none") is None
+    assert resolve_perturbation("t2i_rlhf.training.reward_data:shapes_perturbations") is shapes_perturbations
+    with pytest.raises(ValueError, match="module:function"):
+        resolve_perturbation("swap-colours")
+
+
+def test_heldout_split_is_by_prompt():
+    prompts = ["two triangles", "two circles", "a red triangle", "a red circle", "two triangles"]
+    assert heldout_mask(prompts, "shapes").tolist() == [True, False, True, False, True]
+    mask = heldout_mask([f"p{i % 50}" for i in range(1000)], "fraction", 0.3, seed=1)
+    per_prompt = {f"p{i % 50}": m for i, m in enumerate(mask)}
+    assert all(mask[i] == per_prompt[f"p{i % 50}"] for i in range(1000))  # a prompt is on one side
+    assert 0.1 < np.mean(list(per_prompt.values())) < 0.5
+
+
+def test_checkpoint_round_trip_and_scores(tmp_path, clip_model_dir):
+    torch.manual_seed(0)
+    mlp = RewardMLP(embed_dim=64, hidden=32)
+    mlp.fit_standardisation(torch.randn(10, 64), torch.randn(10, 64))
+    spec = RewardModelSpec(version="rm-0001", backbone=str(clip_model_dir), embed_dim=64, hidden=32)
+    save_reward_model(tmp_path / "rm", spec, mlp)
+    assert json.loads((tmp_path / "rm" / CONFIG_FILE).read_text())["backbone"] == str(clip_model_dir)
+    model = load_reward_model(tmp_path / "rm")
+    assert model.version == "rm-0001"
+    images = [render(parse_prompt(t), seed=i) for i, t in enumerate(["a red circle", "two squares"])]
+    scores = model.score(images, ["a red circle", "two squares"])
+    assert scores.dtype == np.float32 and scores.shape == (2,)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    # Same numbers as the in-memory MLP on the backbone's embeddings: the weights round-tripped.
+    x = model.backbone.embed_images(images)
+    z = model.backbone.embed_texts(["a red circle", "two squares"])
+    np.testing.assert_allclose(scores, mlp.eval()(x, z).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert model.score([], []).shape == (0,)
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        model.score(images, ["a red circle"])
+
+
+def test_missing_backbone_is_a_clear_error(tmp_path):
+    spec = RewardModelSpec(version="v", backbone=str(tmp_path / "no-clip"), embed_dim=8, hidden=4)
+    save_reward_model(tmp_path / "rm", spec, RewardMLP(8, 4))
+    with pytest.raises(FileNotFoundError, match=r"backbone .*no-clip.* CLIPModel directory"):
+        load_reward_model(tmp_path / "rm")
+    with pytest.raises(FileNotFoundError, match="no reward model"):
+        load_reward_model(tmp_path / "elsewhere")
