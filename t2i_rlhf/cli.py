@@ -11,6 +11,7 @@ import sys
 # One module per command group under t2i_rlhf/commands/.
 COMMAND_MODULES = [
     "t2i_rlhf.commands.pretrain",
+    "t2i_rlhf.commands.finetune",
     "t2i_rlhf.commands.reward",
     "t2i_rlhf.commands.feedback",
 ]

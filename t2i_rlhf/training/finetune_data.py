@@ -1,0 +1,180 @@
+"""Data for fine-tuning: the two Ray Data sources and how a worker walks through its shard.
+
+- Model samples: the round's scored samples (SAMPLE_SCHEMA). Their `latents` are already the
+  scaled x0 latents, so no VAE is needed; rows without the chosen r (`reward` or `label`) are
+  dropped.
+- Pre-training examples: PNG images + captions (write_pretrain_parquet). The frozen VAE encodes
+  them ONCE, with Ray Data, into a latent cache keyed by the input files and the VAE weights; every
+  later round and every epoch reads the cache. Encoding on the workers instead would redo the same
+  VAE forward each step for a frozen result.
+
+Both sources are walked as endless streams of fixed-size micro-batches whose position is a function
+of the persisted global step, which is what makes a resume neither repeat nor skip steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_COLUMNS = ["latents", "latent_shape", "prompt"]
+PRETRAIN_COLUMNS = ["latents", "latent_shape", "caption"]
+
+
+def parquet_files(paths: str | Path | list[str | Path]) -> list[Path]:
+    """Parquet files named directly or found under directories, sorted; a clear error if none."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(item.rglob("*.parquet"))
+        elif item.exists():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"no Parquet file or directory at {item}")
+    if not files:
+        raise FileNotFoundError(f"no .parquet files under {[str(p) for p in items]}")
+    return [f.resolve() for f in files]
+
+
+def count_scored(files: list[Path], column: str) -> int:
+    """Rows whose r column is set; read from the one column only."""
+    table = pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[column])
+    return table.num_rows - table.column(column).null_count
+
+
+def count_rows(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def model_samples_dataset(files: list[Path], column: str):
+    """The round's scored samples as a Ray Dataset: latents, latent_shape, prompt and r."""
+    import ray.data
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet([str(f) for f in files], columns=[*MODEL_COLUMNS, column])
+    return ds.filter(expr=col(column).is_not_null())
+
+
+def pretrain_dataset(files: list[Path]):
+    import ray.data
+
+    return ray.data.read_parquet([str(f) for f in files], columns=PRETRAIN_COLUMNS)
+
+
+# --- the latent cache of the pre-training set ------------------------------------------------
+
+
+def _fingerprint(files: list[Path], vae_dir: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for f in sorted(vae_dir.iterdir()):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.suffix == ".json":
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class VaeEncoder:
+    """Ray Data callable class: PNG images -> scaled VAE latents (mode of the posterior, as the
+    base model's pre-training used), flattened in SAMPLE_SCHEMA's layout."""
+
+    def __init__(self, vae_dir: str, threads: int = 1) -> None:
+        from diffusers import AutoencoderKL
+
+        torch.set_num_threads(threads)
+        self.vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from t2i_rlhf.models.pretrain import images_to_tensor
+        from t2i_rlhf.samples import decode_png
+
+        images = [decode_png(b) for b in batch.column("image").to_pylist()]
+        lat = self.vae.encode(images_to_tensor(images)).latent_dist.mode() * self.vae.config.scaling_factor
+        lat = lat.float().numpy()
+        shape = list(lat.shape[1:])
+        return pa.table({
+            "latents": pa.array(list(lat.reshape(len(lat), -1)), type=pa.list_(pa.float32())),
+            "latent_shape": pa.array([shape] * len(lat), type=pa.list_(pa.int32())),
+            "caption": batch.column("caption"),
+        })
+
+
+def pretrain_latent_files(pretrain_data: str | Path | list, pipeline_dir: Path, cache_root: Path,
+                          batch_size: int = 256) -> list[Path]:
+    """Parquet files of (latents, latent_shape, caption) for the pre-training set: the input
+    itself if it already holds latents, else a cache filled once by Ray Data with the VAE."""
+    import ray.data
+
+    files = parquet_files(pretrain_data)
+    if "latents" in pq.read_schema(files[0]).names:
+        return files
+    vae_dir = Path(pipeline_dir) / "vae"
+    out = Path(cache_root).resolve() / _fingerprint(files, vae_dir)
+    if (out / "_SUCCESS").exists():
+        return parquet_files(out)
+    log.info("encoding %d pre-training files with the frozen VAE into %s (once)", len(files), out)
+    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    ds = ray.data.read_parquet([str(f) for f in files], columns=["image", "caption"])
+    ds = ds.map_batches(VaeEncoder, fn_constructor_kwargs={"vae_dir": str(vae_dir)}, batch_size=batch_size,
+                        batch_format="pyarrow", concurrency=1, num_cpus=1)
+    ds.write_parquet(str(tmp))
+    (tmp / "_SUCCESS").write_text(json.dumps({"inputs": [str(f) for f in files], "vae": str(vae_dir)}))
+    if out.exists():  # another process finished first; theirs is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return parquet_files(out)
+
+
+# --- what a worker does with its shard ---------------------------------------------------------
+
+
+def batch_latents(batch: dict[str, np.ndarray]) -> torch.Tensor:
+    """The flattened `latents` column of a numpy batch -> a (B, C, H, W) float tensor."""
+    shape = [int(s) for s in batch["latent_shape"][0]]
+    flat = np.stack([np.asarray(v, dtype=np.float32) for v in batch["latents"]])
+    return torch.from_numpy(flat.reshape(len(flat), *shape))
+
+
+def micro_batches(shard, batch_size: int, rows_per_worker: int, start: int, seed: int,
+                  shuffle_buffer: int = 0, skip: bool = True) -> Iterator[tuple[int, dict]]:
+    """Endless (epoch, numpy batch) stream over a worker's shard, starting at micro-batch `start`
+    (global step × grad_accum). Epoch e is shuffled with seed + e, so the stream is a function of
+    the step: with `skip`, a resume replays the same epoch and skips what was already consumed;
+    without it (the large pre-training set, a regulariser) it starts a fresh pass instead."""
+    per_epoch = rows_per_worker // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"a worker's shard has {rows_per_worker} rows, fewer than one micro-batch of "
+                         f"{batch_size}; lower batch_size or num_workers, or add data")
+    epoch, offset = divmod(start, per_epoch)
+    if not skip:
+        offset = 0
+    while True:
+        batches = shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=(seed + epoch) if shuffle_buffer else None,
+        )
+        for i, batch in enumerate(batches):
+            if i >= offset:
+                yield epoch, batch
+        offset = 0
+        epoch += 1

@@ -1,0 +1,151 @@
+"""One fine-tuning round on a Ray Train group: `finetune_round` builds the TorchTrainer from the
+config, runs it, and turns its last checkpoint into a model version directory.
+
+Resume: Ray Train V2 restores a run from `RunConfig(storage_path, name)`, so calling
+`finetune_round` again for the same round (same storage_path, same version) continues from the
+last checkpoint; a finished round is not trained again. The job's fingerprint (config hash,
+inputs, starting weights) is kept in the run directory so a changed job cannot resume by mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from t2i_rlhf.model_version import ModelManifest
+from t2i_rlhf.training.finetune_config import FinetuneConfig
+from t2i_rlhf.training.finetune_data import (
+    count_rows,
+    count_scored,
+    model_samples_dataset,
+    parquet_files,
+    pretrain_dataset,
+    pretrain_latent_files,
+)
+from t2i_rlhf.training.finetune_model import export_version, resolve_base
+from t2i_rlhf.training.finetune_worker import PROGRESS, reward_column, steps_for, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "finetune_job.json"
+METRIC_KEYS = ("loss", "model_loss", "pretrain_loss", "reward_mean", "step_time", "epochs_done")
+
+
+def run_name(version: str) -> str:
+    """The Ray Train run of a version: the same version re-run is the same run, so it resumes."""
+    return f"finetune-{version}"
+
+
+def _storage(storage_path: str | Path) -> str:
+    text = str(storage_path)
+    return text if "://" in text else str(Path(text).resolve())
+
+
+def _guard_job(storage: str, name: str, job: dict) -> None:
+    """Record the job on first run; refuse to resume a run whose job has changed."""
+    fs, root = pafs.FileSystem.from_uri(storage)
+    path = f"{root}/{name}/{JOB_FILE}"
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            old = json.loads(f.read().decode())
+        if old != job:
+            changed = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+            raise ValueError(f"run {name!r} under {storage} was started with a different job (changed: "
+                             f"{changed}); use another version/name or delete {root}/{name} to start over")
+        log.info("run %s exists with the same job: resuming from its last checkpoint", name)
+        return
+    fs.create_dir(f"{root}/{name}", recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(job, indent=2, sort_keys=True).encode())
+
+
+def finetune_round(
+    config: FinetuneConfig | dict,
+    samples: str | Path | list,
+    pretrain_data: str | Path | list | None,
+    base: str | Path,
+    out_dir: str | Path,
+    round: int,
+    version: str | None = None,
+    storage_path: str | Path = "runs/finetune",
+    name: str | None = None,
+    fail_at_step: int | None = None,
+) -> ModelManifest:
+    """Fine-tune for one round and write the model version directory `out_dir`.
+
+    samples: Parquet file(s)/dir(s) of the round's scored samples (SAMPLE_SCHEMA).
+    pretrain_data: Parquet of the pre-training set (images + captions, or cached latents); may be
+        None when beta = 0.
+    base: a diffusers pipeline directory or the parent model version directory.
+    Returns the manifest written to out_dir (version defaults to f"r{round:04d}").
+    fail_at_step: fault injection (tests, drills; local storage only): one worker dies once there.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
+    start = resolve_base(base)
+    version = version or f"r{round:04d}"
+    name = name or run_name(version)
+    storage = _storage(storage_path)
+    column = reward_column(cfg)
+
+    sample_files = parquet_files(samples)
+    n_model = count_scored(sample_files, column)
+    model_rows = n_model // cfg.num_workers
+    if model_rows < cfg.model_batch:
+        raise ValueError(f"{n_model} samples with a {column!r} over {cfg.num_workers} worker(s) is less "
+                         f"than one micro-batch of {cfg.model_batch} model samples per worker")
+    datasets = {"model": model_samples_dataset(sample_files, column)}
+    pre_rows, pre_files = 0, []
+    if cfg.uses_pretrain:
+        if pretrain_data is None:
+            raise ValueError(f"beta={cfg.beta} needs pre-training data (--pretrain-data)")
+        pre_files = pretrain_latent_files(pretrain_data, Path(start.pipeline_dir), cfg.latent_cache)
+        pre_rows = count_rows(pre_files) // cfg.num_workers
+        datasets["pretrain"] = pretrain_dataset(pre_files)
+    total = steps_for(cfg, model_rows)
+
+    _guard_job(storage, name, {
+        "config_hash": cfg.config_hash(), "samples": [str(f) for f in sample_files],
+        "pretrain": [str(f) for f in pre_files], "start": start.to_dict(), "round": round,
+    })
+    log.info("round %d (%s): %d scored samples, %d pre-training rows/worker, %d steps on %d worker(s)",
+             round, version, n_model, pre_rows, total, cfg.num_workers)
+    local = fail_at_step is not None and "://" not in storage
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "finetune": cfg.model_dump(mode="json"), "start": start.to_dict(), "total_steps": total,
+            "model_rows_per_worker": model_rows, "pretrain_rows_per_worker": pre_rows,
+            "fail_at_step": fail_at_step,
+            "fail_marker": f"{storage}/{name}/.injected_failure" if local else None,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=cfg.workers_resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint; see its logs under {storage}/{name}")
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if k in METRIC_KEYS}
+    with result.checkpoint.as_directory() as ckpt_dir:
+        steps = int(json.loads((Path(ckpt_dir) / PROGRESS).read_text())["step"])
+        if steps != total:
+            raise RuntimeError(f"run {name} ended at step {steps} of {total}; re-run to resume it")
+        manifest = ModelManifest(
+            version=version, round=round, parent_version=start.parent_version, steps=steps,
+            config_hash=cfg.config_hash(), kind="lora" if cfg.lora else "unet",
+            base_model=start.pipeline_dir, metrics=metrics,
+        )
+        export_version(Path(ckpt_dir), Path(out_dir), manifest)
+    log.info("wrote model version %s (%s, %d steps) to %s", version, manifest.kind, steps, out_dir)
+    return manifest

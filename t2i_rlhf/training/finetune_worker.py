@@ -1,0 +1,234 @@
+"""`train_loop_per_worker`: one Ray Train worker's fine-tuning loop, a pure function of its config.
+
+It knows nothing of HTTP, labelling or actors: it reads its two dataset shards, minimises the
+paper's loss (finetune_loss), and reports metrics and checkpoints through `ray.train.report`.
+
+Resume: the checkpoint persists the global optimizer step; the data position (epoch, micro-batch)
+and every random draw (noise, timesteps) are derived from it. A run restored at step s therefore
+trains steps s+1 .. total exactly once, whether s falls inside an epoch or on its boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from t2i_rlhf.training.finetune_config import FinetuneConfig
+from t2i_rlhf.training.finetune_data import batch_latents, micro_batches
+from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
+from t2i_rlhf.training.finetune_model import StartingPoint, load_unet, save_weights, unwrap
+
+log = logging.getLogger(__name__)
+
+TRAIN_STATE = "train_state.pt"  # optimizer + scaler + global step
+PROGRESS = "progress.json"  # the global step alone, cheap to read for the driver
+
+
+class Finetuner:
+    """The models and one optimizer step, shared by the Ray Train loop and the plain-PyTorch
+    baseline of the step-time benchmark (so both time exactly the same computation)."""
+
+    def __init__(self, cfg: FinetuneConfig, start: StartingPoint, device: torch.device,
+                 resume_dir: Path | None = None, wrap=None) -> None:
+        self.cfg, self.device = cfg, device
+        pipe = Path(start.pipeline_dir)
+        self.tokenizer = CLIPTokenizer.from_pretrained(pipe / "tokenizer")
+        self.text_encoder = CLIPTextModel.from_pretrained(pipe / "text_encoder").to(device).eval()
+        self.text_encoder.requires_grad_(False)  # frozen, as is the VAE (never loaded here)
+        self.scheduler = DDPMScheduler.from_pretrained(pipe, subfolder="scheduler")
+        unet = load_unet(start, cfg, resume_dir).to(device).train()
+        self.unet = wrap(unet) if wrap else unet
+        self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lora_lr if cfg.lora else cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.amp_dtype = amp_dtype(cfg.mixed_precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.base_lr = self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self, step: int) -> dict:
+        return {"step": step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "config_hash": self.cfg.config_hash()}
+
+    def load_state_dict(self, state: dict) -> int:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        return int(state["step"])
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def micro_step(self, model: dict, pretrain: dict | None, gen: torch.Generator, scale: float):
+        """Forward + backward of one micro-batch: model samples and pre-training examples go
+        through the UNet together; the loss splits them again."""
+        cfg = self.cfg
+        rewards = torch.as_tensor(np.asarray(model[reward_column(cfg)], dtype=np.float32), device=self.device)
+        latents, texts = [batch_latents(model)], list(model["prompt"])
+        if pretrain is not None:
+            latents.append(batch_latents(pretrain))
+            texts += list(pretrain["caption"])
+        x0 = torch.cat(latents).to(self.device)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        steps = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (len(x0),), generator=gen).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            err = denoising_errors(self.unet, self.scheduler, x0, self.encode_text(texts), noise, t)
+        n = len(rewards)
+        terms = finetune_loss(err[:n], rewards, err[n:] if pretrain is not None else None, cfg.beta)
+        self.scaler.scale(terms.total * scale).backward()
+        return terms, rewards
+
+    def step(self, step: int, batches: list[tuple[dict, dict | None]], rank: int) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
+        cfg = self.cfg
+        lr = self.base_lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else self.base_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        totals = {"loss": 0.0, "model_loss": 0.0, "pretrain_loss": 0.0, "reward_mean": 0.0}
+        for i, (model, pretrain) in enumerate(batches):
+            # noise and timesteps are a function of (seed, step, micro-batch, rank): resumable
+            gen = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 64 + i) * 4096 + rank)
+            last = i == len(batches) - 1
+            defer = not last and hasattr(self.unet, "no_sync")  # DDP: all-reduce on the last only
+            with self.unet.no_sync() if defer else contextlib.nullcontext():
+                terms, rewards = self.micro_step(model, pretrain, gen, 1.0 / len(batches))
+            for key, value in (("loss", terms.total.detach()), ("model_loss", terms.model),
+                               ("pretrain_loss", terms.pretrain), ("reward_mean", rewards.mean())):
+                totals[key] += float(value) / len(batches)
+        self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm:
+            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals["lr"] = lr
+        return totals
+
+
+def reward_column(cfg: FinetuneConfig) -> str:
+    return cfg.reward_source  # SAMPLE_SCHEMA's `reward` or `label`
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision where the device supports it: bf16 (or fp16) autocast on CUDA; none on
+    CPU unless bf16 is asked for explicitly."""
+    if mode == "no" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on CPU")
+    if mode in ("bf16", "auto") and (device.type != "cuda" or torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _mean_across_workers(metrics: dict[str, float]) -> dict[str, float]:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return dict(zip(keys, (t / torch.distributed.get_world_size()).tolist(), strict=True))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """config: {"finetune": FinetuneConfig fields, "start": StartingPoint fields, "total_steps",
+    "model_rows_per_worker", "pretrain_rows_per_worker"} (built by finetune_trainer)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = FinetuneConfig(**config["finetune"])
+    start = StartingPoint(**config["start"])
+    total = int(config["total_steps"])
+    torch.set_num_threads(cfg.threads_per_worker)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as ckpt_dir:
+        resume = Path(ckpt_dir) if ckpt_dir else None
+        tuner = Finetuner(cfg, start, device, resume, wrap=ray.train.torch.prepare_model)
+        step = tuner.load_state_dict(torch.load(resume / TRAIN_STATE, weights_only=False)) if resume else 0
+    if resume:
+        log.info("worker %d resumed at step %d of %d", rank, step, total)
+
+    micro = step * cfg.grad_accum  # micro-batches already consumed: the data position
+    model_stream = micro_batches(ray.train.get_dataset_shard("model"), cfg.model_batch,
+                                 config["model_rows_per_worker"], micro, cfg.seed, cfg.shuffle_buffer)
+    pre_stream = None
+    if cfg.uses_pretrain:
+        pre_stream = micro_batches(ray.train.get_dataset_shard("pretrain"), cfg.pretrain_batch,
+                                   config["pretrain_rows_per_worker"], micro, cfg.seed + 7919,
+                                   cfg.shuffle_buffer, skip=False)
+    per_epoch = config["model_rows_per_worker"] // cfg.model_batch / cfg.grad_accum
+    window: list[dict[str, float]] = []
+    first = step
+    while step < total:
+        t0 = time.perf_counter()
+        batches = []
+        for _ in range(cfg.grad_accum):
+            epoch, model = next(model_stream)
+            batches.append((model, next(pre_stream)[1] if pre_stream else None))
+        metrics = tuner.step(step, batches, rank)
+        step += 1
+        metrics["step_time"] = time.perf_counter() - t0
+        window.append(metrics)
+        _maybe_inject_failure(config, step, rank)
+        save = step % cfg.checkpoint_every == 0 or step == total
+        if save or step % cfg.log_every == 0:
+            report = _mean_across_workers({k: float(np.mean([m[k] for m in window])) for k in window[0]})
+            report.update(step=step, epoch=epoch, epochs_done=step / per_epoch, total_steps=total,
+                          steps_this_run=step - first)
+            window = []
+            _report(report, tuner, step, rank, save)
+
+
+def _maybe_inject_failure(config: dict, step: int, rank: int) -> None:
+    """Fault injection for tests and drills: rank 0 dies once at `fail_at_step` (a marker file
+    makes it once), so the FailureConfig restart from the last checkpoint can be exercised."""
+    marker = config.get("fail_marker")
+    if rank == 0 and marker and step == config.get("fail_at_step") and not Path(marker).exists():
+        Path(marker).write_text(str(step))
+        raise RuntimeError(f"injected failure at step {step}")
+
+
+def _report(metrics: dict, tuner: Finetuner, step: int, rank: int, save: bool) -> None:
+    """Every worker reports (it is a barrier); only rank 0 writes the checkpoint's files."""
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="finetune-ckpt-")) if rank == 0 else None
+    try:
+        checkpoint = None
+        if tmp is not None:
+            save_weights(unwrap(tuner.unet), tmp, tuner.cfg.lora)
+            torch.save(tuner.state_dict(step), tmp / TRAIN_STATE)
+            (tmp / PROGRESS).write_text(json.dumps({"step": step, **metrics}))
+            checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:07d}")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def steps_for(cfg: FinetuneConfig, model_rows_per_worker: int) -> int:
+    """Optimizer steps of a round: `max_steps`, or `epochs` passes over the model samples."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = model_rows_per_worker // cfg.model_batch
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))

@@ -1,0 +1,103 @@
+"""A fine-tuning round on a local Ray Train group of 2 CPU workers: checkpoint, failure restart,
+resume, export, and the result loading back into a pipeline that generates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from t2i_rlhf.model_version import read_manifest
+from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
+from t2i_rlhf.shapes.captions import write_pretrain_parquet
+from t2i_rlhf.shapes.prompts import sample_prompts
+from t2i_rlhf.training.finetune_config import FinetuneConfig
+from t2i_rlhf.training.finetune_model import export_version, load_unet, materialize_pipeline, resolve_base
+from t2i_rlhf.training.finetune_model import save_weights as save_unet_weights
+
+
+def write_samples(path: Path, n: int, seed: int = 0) -> Path:
+    """n scored samples in SAMPLE_SCHEMA with random latents (model quality is irrelevant here)."""
+    rng = np.random.default_rng(seed)
+    prompts = sample_prompts(n, seed=seed)
+    rows = [{
+        "sample_id": f"s{i}", "round": 1, "prompt": p.text, "category": p.category, "seed": i,
+        "model_version": "base", "image": png_bytes(np.zeros((32, 32, 3), np.uint8)),
+        "latents": rng.standard_normal(4 * 16 * 16).astype(np.float32).tolist(), "latent_shape": [4, 16, 16],
+        "reward": float(rng.random()), "reward_model_version": "rm0",
+        "label": None if i % 2 else 1.0, "n_labels": 0 if i % 2 else 1,
+    } for i, p in enumerate(prompts)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), path)
+    return path
+
+
+def _generate(pipe_dir: Path) -> np.ndarray:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("two red circles", num_inference_steps=2, guidance_scale=2.0, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def test_full_unet_version_exports_and_materialises(tmp_path, sd_model_dir):
+    """Without Ray: a full-UNet checkpoint becomes a version that loads as a whole pipeline."""
+    start = resolve_base(sd_model_dir)
+    unet = load_unet(start, FinetuneConfig())
+    assert all(p.requires_grad for p in unet.parameters())
+    save_unet_weights(unet, tmp_path / "ckpt", lora=False)
+    from t2i_rlhf.model_version import ModelManifest
+
+    export_version(tmp_path / "ckpt", tmp_path / "v", ModelManifest(
+        "r0001", 1, "base", 1, "h", kind="unet", base_model=start.pipeline_dir))
+    images = _generate(materialize_pipeline(tmp_path / "v", tmp_path / "pipe"))
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+    assert resolve_base(tmp_path / "v").parent_kind == "unet"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir, tmp_path):
+    from t2i_rlhf.training.finetune_trainer import finetune_round
+
+    samples = write_samples(tmp_path / "samples.parquet", 8)
+    pretrain = tmp_path / "pretrain"
+    write_pretrain_parquet(pretrain, 16, first_seed=123)
+    storage = tmp_path / "ray"
+    # 2 workers × 4 samples each, 2 model + 2 pre-training examples a micro-batch: 2 steps an
+    # epoch, 2 epochs -> 4 steps; checkpoints at 2 and 4; a worker dies at step 3, so the group
+    # restarts from the checkpoint on the epoch boundary.
+    cfg = FinetuneConfig(num_workers=2, batch_size=4, epochs=2, checkpoint_every=2, log_every=1, lora=True,
+                         lora_rank=4, lora_lr=1e-3, latent_cache=tmp_path / "cache", max_failures=1)
+    kwargs = dict(samples=samples, pretrain_data=pretrain, base=sd_model_dir, round=1, storage_path=storage)
+    manifest = finetune_round(cfg, out_dir=tmp_path / "r0001", fail_at_step=3, **kwargs)
+
+    assert (manifest.version, manifest.round, manifest.parent_version, manifest.kind) == ("r0001", 1, "base", "lora")
+    assert manifest.steps == 4 and manifest.config_hash == cfg.config_hash()
+    assert read_manifest(tmp_path / "r0001") == manifest
+    assert (tmp_path / "r0001" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert (storage / "finetune-r0001" / ".injected_failure").read_text() == "3"  # it did fail once
+    progress = {int(json.loads(p.read_text())["step"]): p for p in storage.rglob("progress.json")}
+    assert set(progress) == {2, 4}
+    last = json.loads(progress[4].read_text())
+    # resumed at step 2 (an epoch boundary): trained steps 3 and 4, in epoch 1 — not 0, not 4
+    assert (last["steps_this_run"], last["epoch"], last["epochs_done"]) == (2, 1, 2.0)
+    assert np.isfinite(last["loss"]) and last["pretrain_loss"] > 0 and 0 < last["reward_mean"] < 1
+    assert any((tmp_path / "cache").rglob("*.parquet"))  # pre-training latents cached once
+
+    # Re-running the finished round resumes from its last checkpoint: no steps trained again.
+    mtime = progress[4].stat().st_mtime_ns
+    again = finetune_round(cfg, out_dir=tmp_path / "r0001", **kwargs)
+    assert again.steps == 4 and progress[4].stat().st_mtime_ns == mtime
+    assert {int(json.loads(p.read_text())["step"]) for p in storage.rglob("progress.json")} == {2, 4}
+    with pytest.raises(ValueError, match="different job"):
+        finetune_round(cfg.model_copy(update={"beta": 0.5}), out_dir=tmp_path / "x", **kwargs)
+
+    # The version merges into a full pipeline that from_pretrained loads and that generates.
+    images = _generate(materialize_pipeline(tmp_path / "r0001", tmp_path / "merged"))
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
