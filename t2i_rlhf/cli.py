@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "t2i_rlhf.commands.finetune",
     "t2i_rlhf.commands.reward",
     "t2i_rlhf.commands.feedback",
+    "t2i_rlhf.commands.evaluate",
+    "t2i_rlhf.commands.demo",
 ]
 
 
