@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from t2i_rlhf.services.__main__ import main as services_main
-from t2i_rlhf.services.client import FeedbackClient, FeedbackError
+from t2i_rlhf.services.client import FeedbackClient, FeedbackError, aggregate_labels
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.simulate import simulate_labellers
 from t2i_rlhf.services.testing import demo_tasks, live_server
@@ -104,9 +104,24 @@ def test_noise_and_several_labels_per_sample(tmp_path: Path) -> None:
             assert all(sorted(v) == ["sim-0", "sim-1", "sim-2"] for v in per.values()) and len(per) == 16
             wrong = sum((r["label"] == "good") != EXPECTED[r["sample_id"]] for r in rows)
             assert wrong == result.flipped
+            agg = aggregate_labels(rows)
+            assert len(agg) == 16 and all(n == 3 for _, n in agg.values())
+            assert sum(abs(mean - EXPECTED[s]) for s, (mean, _) in agg.items()) == pytest.approx(wrong / 3)
             stats = admin.stats()["rounds"][0]
             assert stats["complete"] == 16 and stats["pairs"] == 48
             assert 0 < stats["agreement"] < 1
+
+
+def test_aggregate_labels() -> None:
+    rows = [
+        {"label_id": 1, "sample_id": "a", "labeller": "x", "label": "good"},
+        {"label_id": 2, "sample_id": "a", "labeller": "y", "label": "bad"},
+        {"label_id": 3, "sample_id": "a", "labeller": "z", "label": "skip"},
+        {"label_id": 4, "sample_id": "b", "labeller": "x", "label": "skip"},
+        {"label_id": 5, "sample_id": "c", "labeller": "x", "label": "bad"},
+        {"label_id": 9, "sample_id": "c", "labeller": "x", "label": "good"},  # re-labelled after an undo
+    ]
+    assert aggregate_labels(rows) == {"a": (0.5, 2), "c": (1.0, 1)}
 
 
 def test_label_simulate_command(url: str, capsys: pytest.CaptureFixture[str]) -> None:

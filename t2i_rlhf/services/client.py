@@ -21,6 +21,22 @@ PARQUET = "application/vnd.apache.parquet"
 _TASK_COLUMNS = ("sample_id", "round", "prompt", "image", "category", "model_version")
 
 
+def aggregate_labels(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[float, int]]:
+    """Exported rows -> {sample_id: (label, n_labels)} as SAMPLE_SCHEMA defines them: the mean of
+    good=1 / bad=0 over labellers, skips excluded (a sample with only skips is absent). A labeller
+    counts once per sample (their latest row, should an undone label have been exported before)."""
+    latest: dict[tuple[str, str], tuple[int, str]] = {}
+    for r in rows:
+        key = (r["sample_id"], r["labeller"])
+        if key not in latest or r["label_id"] > latest[key][0]:
+            latest[key] = (r["label_id"], r["label"])
+    votes: dict[str, list[int]] = {}
+    for (sample_id, _), (_, label) in latest.items():
+        if label != "skip":
+            votes.setdefault(sample_id, []).append(1 if label == "good" else 0)
+    return {s: (sum(v) / len(v), len(v)) for s, v in votes.items()}
+
+
 class FeedbackError(RuntimeError):
     """The service answered with an error status."""
 

@@ -1,10 +1,14 @@
-"""Request dependencies: the store, the settings and bearer-token auth (roles labeller < admin)."""
+"""Request dependencies: the store, the settings and bearer-token auth (roles labeller < admin).
+
+All `async def`: they do no I/O, and FastAPI would run plain `def` dependencies in its thread
+pool — a thread hop per dependency per request, costly on a busy machine."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from fastapi import Depends, HTTPException, Request, status
@@ -23,19 +27,20 @@ class Principal:
     default_labeller: str  # used when a request names no labeller: stable per token, reveals nothing
 
 
-def get_store(request: Request) -> FeedbackStore:
+async def get_store(request: Request) -> FeedbackStore:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> FeedbackSettings:
+async def get_settings(request: Request) -> FeedbackSettings:
     return request.app.state.settings
 
 
+@lru_cache(maxsize=256)
 def _token_id(token: str) -> str:
     return "token-" + hashlib.sha256(token.encode()).hexdigest()[:10]
 
 
-def authenticate(
+async def authenticate(
     creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
     settings: FeedbackSettings = Depends(get_settings),
 ) -> Principal:
@@ -52,12 +57,12 @@ def authenticate(
     raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_labeller(p: Principal = Depends(authenticate)) -> Principal:
+async def require_labeller(p: Principal = Depends(authenticate)) -> Principal:
     """Any valid token: admins may label too."""
     return p
 
 
-def require_admin(p: Principal = Depends(authenticate)) -> Principal:
+async def require_admin(p: Principal = Depends(authenticate)) -> Principal:
     if p.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs the admin token")
     return p

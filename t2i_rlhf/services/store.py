@@ -120,13 +120,16 @@ class FeedbackStore:
             conn = self._local.conn = self._connect()
         return conn
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` inside the next group transaction; return its result once committed."""
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future:
+        """Queue `fn` for the next group transaction; the future resolves once it is committed."""
         if self._closed:
             raise RuntimeError("store is closed")
         fut: Future = Future()
         self._queue.put((fn, fut))
-        return fut.result()
+        return fut
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._submit(fn).result()
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         while True:
@@ -287,6 +290,10 @@ class FeedbackStore:
     def add_labels(self, labels: list[NewLabel]) -> list[tuple[dict[str, Any], bool]]:
         """Store labels atomically. A labeller's second label for a sample is not stored: its first
         (live) label comes back with created=False. Unknown samples fail the whole call."""
+        return self.add_labels_future(labels).result()
+
+    def add_labels_future(self, labels: list[NewLabel]) -> Future:
+        """`add_labels` without blocking: async callers await the future instead of a thread."""
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> list[tuple[dict[str, Any], bool]]:
@@ -337,7 +344,7 @@ class FeedbackStore:
                 )
             return out
 
-        return self._write(op)
+        return self._submit(op)
 
     def retract(self, sample_id: str, labeller: str) -> dict[str, Any] | None:
         """Undo `labeller`'s live label on a sample (it stays in the table, marked retracted, so the
