@@ -36,9 +36,7 @@ def _json_task(t: dict) -> dict:
 
 
 def _make(tmp_path: Path, **kw) -> TestClient:
-    settings = FeedbackSettings(
-        db_path=tmp_path / "feedback.db", admin_token=ADMIN, labeller_tokens=[LAB], **kw
-    )
+    settings = FeedbackSettings(db_path=tmp_path / "feedback.db", admin_token=ADMIN, labeller_tokens=[LAB], **kw)
     return TestClient(create_app(settings))
 
 
@@ -114,10 +112,7 @@ def test_labeller_token_cannot_publish_or_export(published: TestClient) -> None:
     assert published.get("/v1/labels", headers=L).status_code == 403
     assert published.get("/v1/labels?format=parquet", headers=L).status_code == 403
     # ... but the admin token may label too
-    assert (
-        published.post("/v1/labels", json={"sample_id": IDS[0], "label": "good"}, headers=A).status_code
-        == 201
-    )
+    assert published.post("/v1/labels", json={"sample_id": IDS[0], "label": "good"}, headers=A).status_code == 201
 
 
 # -- publishing -------------------------------------------------------------------------------------
@@ -184,9 +179,7 @@ def test_publish_other_bad_requests(client: TestClient) -> None:
 
 def test_task_and_image_unknown_sample_is_404(published: TestClient) -> None:
     r = published.get(f"/v1/tasks/{IDS[2]}/image", headers=L)
-    assert (
-        r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content == TASKS[2]["image"]
-    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content == TASKS[2]["image"]
     for path in ("/v1/tasks/nope", "/v1/tasks/nope/image"):
         r = published.get(path, headers=L)
         assert r.status_code == 404 and r.json()["error"] == "unknown_sample"
@@ -279,9 +272,7 @@ def test_label_bad_input_is_4xx(published: TestClient, body, status: int) -> Non
 
 
 def test_label_malformed_json_is_400(published: TestClient) -> None:
-    r = published.post(
-        "/v1/labels", content=b'{"sample_id": ', headers={**L, "Content-Type": "application/json"}
-    )
+    r = published.post("/v1/labels", content=b'{"sample_id": ', headers={**L, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json() == {
         "error": "malformed_json",
         "detail": "request body is not valid JSON",
@@ -297,9 +288,7 @@ def test_batch_labels_atomic_and_idempotent(tmp_path: Path) -> None:
         ]
         r = c.post("/v1/labels/batch", json={"labels": batch}, headers=L)
         assert r.status_code == 200 and r.json()["created"] == 3 and r.json()["existing"] == 0
-        r = c.post(
-            "/v1/labels/batch", json={"labels": batch[1:] + [{**batch[0], "sample_id": IDS[3]}]}, headers=L
-        )
+        r = c.post("/v1/labels/batch", json={"labels": batch[1:] + [{**batch[0], "sample_id": IDS[3]}]}, headers=L)
         assert r.json()["created"] == 1 and r.json()["existing"] == 2
         assert [x["created"] for x in r.json()["results"]] == [False, False, True]
         unknown = [
@@ -313,9 +302,7 @@ def test_batch_labels_atomic_and_idempotent(tmp_path: Path) -> None:
         assert c.post("/v1/labels/batch", json={"labels": batch * 2}, headers=L).status_code == 422  # > max
         r = c.post("/v1/labels/batch", json={"labels": [batch[0], batch[0]]}, headers=L)
         assert r.status_code == 422 and "one label per sample" in r.json()["detail"]
-        assert (
-            c.post("/v1/labels/batch", json={"labels": [{"sample_id": IDS[5]}]}, headers=L).status_code == 422
-        )
+        assert c.post("/v1/labels/batch", json={"labels": [{"sample_id": IDS[5]}]}, headers=L).status_code == 422
 
 
 def test_undo_frees_the_sample_and_hides_the_label(published: TestClient) -> None:
@@ -402,3 +389,35 @@ def test_settings_from_env() -> None:
         FeedbackSettings.from_env(env, labeller_tokens=["short"])
     with pytest.raises(ValueError):
         FeedbackSettings.from_env({})  # no admin token
+
+
+def test_store_failure_is_503_not_500(tmp_path: Path) -> None:
+    with _make(tmp_path) as c:
+        c.post("/v1/tasks", json={"tasks": [_json_task(TASKS[0])]}, headers=A)
+        c.app.state.store.close()  # the writer is gone: nothing can be made durable
+        r = c.post("/v1/labels", json={"sample_id": IDS[0], "label": "good"}, headers=L)
+        assert r.status_code == 503 and r.json()["error"] == "unavailable" and r.headers["retry-after"] == "1"
+
+
+def test_group_commit_isolates_a_failing_write(tmp_path: Path) -> None:
+    import sqlite3
+    from concurrent.futures import wait
+
+    from t2i_rlhf.services.groupcommit import GroupCommitWriter, StoreError
+
+    conn = sqlite3.connect(tmp_path / "g.db", isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+    w = GroupCommitWriter(conn)
+
+    def insert(x: int):
+        return lambda c: c.execute("INSERT INTO t VALUES (?)", (x,)).lastrowid
+
+    futs = [w.submit(insert(x)) for x in (1, 2, 2, 3)]  # the second 2 violates UNIQUE
+    wait(futs, timeout=30)
+    assert [f.exception() is None for f in futs] == [True, True, False, True]
+    assert isinstance(futs[2].exception(), sqlite3.IntegrityError)
+    w.close()
+    with pytest.raises(StoreError):
+        w.submit(insert(4))
+    check = sqlite3.connect(tmp_path / "g.db")
+    assert [r[0] for r in check.execute("SELECT x FROM t ORDER BY x")] == [1, 2, 3]

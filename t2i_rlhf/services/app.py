@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from t2i_rlhf.services.routers import labels, stats, tasks
 from t2i_rlhf.services.settings import FeedbackSettings
-from t2i_rlhf.services.store import FeedbackStore, UnknownSample
+from t2i_rlhf.services.store import FeedbackStore, StoreError, UnknownSample
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = resources.files("t2i_rlhf.services") / "static"
@@ -81,9 +81,7 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def _error(
-    status_code: int, error: str, detail: object, headers: dict[str, str] | None = None
-) -> JSONResponse:
+def _error(status_code: int, error: str, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status_code, headers=headers)
 
 
@@ -110,20 +108,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(status.HTTP_400_BAD_REQUEST, "malformed_json", "request body is not valid JSON")
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in errors
-        ]
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
         return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", detail)
 
     @app.exception_handler(UnknownSample)
     async def unknown_sample(_: Request, exc: UnknownSample) -> JSONResponse:
         return _error(status.HTTP_404_NOT_FOUND, "unknown_sample", str(exc))
 
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:  # not acknowledged: clients retry
+        return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", str(exc), {"Retry-After": "1"})
+
     @app.exception_handler(_BodyTooLarge)
-    async def too_large(
-        _: Request, exc: _BodyTooLarge
-    ) -> JSONResponse:  # raised while FastAPI reads the body
+    async def too_large(_: Request, exc: _BodyTooLarge) -> JSONResponse:  # raised while FastAPI reads the body
         return _error(status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", "request body too large")
 
 

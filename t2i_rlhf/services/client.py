@@ -1,7 +1,7 @@
 """`FeedbackClient`: how the online loop (and simulated labellers) talk to the feedback service.
 
 Plain HTTP via httpx, no Ray. Every call is safe to retry (publishing and labelling are
-idempotent on the server), so transport errors are retried a few times.
+idempotent on the server), so transport errors and 503s are retried a few times.
 """
 
 from __future__ import annotations
@@ -71,15 +71,18 @@ class FeedbackClient:
         self._http.close()
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One call; transport errors and 503 (store briefly unavailable) are retried with backoff."""
         for attempt in range(self.retries + 1):
             try:
                 resp = self._http.request(method, path, **kw)
-                break
             except httpx.TransportError as e:
                 if attempt == self.retries:
                     raise
                 logger.warning("%s %s failed (%s); retrying", method, path, e)
-                time.sleep(0.2 * 2**attempt)
+            else:
+                if resp.status_code != 503 or attempt == self.retries:
+                    break
+            time.sleep(0.2 * 2**attempt)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail", resp.text)
@@ -92,9 +95,7 @@ class FeedbackClient:
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/v1/health").json()
 
-    def publish_tasks(
-        self, tasks: pa.Table | Iterable[Mapping[str, Any]], chunk_rows: int = 512
-    ) -> dict[str, int]:
+    def publish_tasks(self, tasks: pa.Table | Iterable[Mapping[str, Any]], chunk_rows: int = 512) -> dict[str, int]:
         """Publish (sample_id, round, prompt, image PNG bytes[, category, model_version]) rows — a
         SAMPLE_SCHEMA table or dicts — as Parquet in chunks. Re-publishing is a no-op."""
         table = (
@@ -107,9 +108,7 @@ class FeedbackClient:
         for start in range(0, table.num_rows, chunk_rows):
             buf = io.BytesIO()
             pq.write_table(table.slice(start, chunk_rows), buf)
-            got = self._request(
-                "POST", "/v1/tasks", content=buf.getvalue(), headers={"Content-Type": PARQUET}
-            ).json()
+            got = self._request("POST", "/v1/tasks", content=buf.getvalue(), headers={"Content-Type": PARQUET}).json()
             totals["published"] += got["published"]
             totals["existing"] += got["existing"]
         return totals

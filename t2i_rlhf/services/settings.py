@@ -48,8 +48,6 @@ class FeedbackSettings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None or raw == "":
                 continue
-            values[name] = (
-                [t.strip() for t in raw.split(",") if t.strip()] if name == "labeller_tokens" else raw
-            )
+            values[name] = [t.strip() for t in raw.split(",") if t.strip()] if name == "labeller_tokens" else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

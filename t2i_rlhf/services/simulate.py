@@ -120,8 +120,7 @@ def simulate_labellers(
                     total.flipped += flips
 
     threads = [
-        threading.Thread(target=worker, args=(i,), name=f"sim-labeller-{i}", daemon=True)
-        for i in range(workers)
+        threading.Thread(target=worker, args=(i,), name=f"sim-labeller-{i}", daemon=True) for i in range(workers)
     ]
     for t in threads:
         t.start()

@@ -1,7 +1,7 @@
 """The feedback store: tasks, images, leases and labels in SQLite (WAL mode).
 
 Every write goes through one writer thread that commits whatever requests are waiting in a single
-transaction ("group commit"): with `synchronous=FULL` each commit fsyncs the WAL, so a caller is
+transaction (`groupcommit`): with `synchronous=FULL` each commit fsyncs the WAL, so a caller is
 answered only once its write is on disk, and concurrent callers share the fsync instead of
 queueing behind one each. Reads use per-thread connections; WAL lets them run beside the writer.
 
@@ -12,7 +12,6 @@ same public methods.
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -22,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from t2i_rlhf.services.groupcommit import GroupCommitWriter, StoreError
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+__all__ = ["LABELS", "FeedbackStore", "NewLabel", "StoreError", "UnknownSample"]
 LABELS = ("good", "bad", "skip")
-_MAX_GROUP = 512  # writes per transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -96,14 +97,11 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous
         self._local = threading.local()
-        self._queue: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future] | None] = queue.Queue()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         wconn = self._connect()
         wconn.executescript(_SCHEMA)
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(wconn,), name="feedback-store-writer", daemon=True
-        )
-        self._closed = False
-        self._writer.start()
+        self._writer = GroupCommitWriter(wconn, name="feedback-store-writer")
 
     # -- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -118,71 +116,23 @@ class FeedbackStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            with self._readers_lock:
+                self._readers.append(conn)
         return conn
 
     def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future:
-        """Queue `fn` for the next group transaction; the future resolves once it is committed."""
-        if self._closed:
-            raise RuntimeError("store is closed")
-        fut: Future = Future()
-        self._queue.put((fn, fut))
-        return fut
+        return self._writer.submit(fn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._submit(fn).result()
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < _MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # finish this group, then stop
-                    break
-                batch.append(nxt)
-            self._run_group(conn, batch)
-        conn.close()
-
-    def _run_group(self, conn: sqlite3.Connection, batch: list) -> None:
-        results: list[tuple[Future, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, fut in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    res = fn(conn)
-                except Exception as e:  # one bad request must not sink the others in its group
-                    conn.execute("ROLLBACK TO op")
-                    results.append((fut, None, e))
-                else:
-                    results.append((fut, res, None))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-        except Exception as e:
-            logger.exception("group commit of %d writes failed", len(batch))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for _, fut in batch:
-                fut.set_exception(e)
-            return
-        for fut, res, err in results:  # only now is every write in the group on disk
-            if err is not None:
-                fut.set_exception(err)
-            else:
-                fut.set_result(res)
+        return self._writer.submit(fn).result()
 
     def close(self) -> None:
-        """Stop the writer after it has committed everything queued."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
-            self._writer.join(timeout=30)
+        """Stop the writer after it has committed everything queued; close read connections."""
+        self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
     def ping(self) -> bool:
         return self._reader().execute("SELECT 1").fetchone()[0] == 1
@@ -209,9 +159,7 @@ class FeedbackStore:
                     ),
                 )
                 if cur.rowcount:
-                    conn.execute(
-                        "INSERT INTO images (sample_id, png) VALUES (?, ?)", (t["sample_id"], t["image"])
-                    )
+                    conn.execute("INSERT INTO images (sample_id, png) VALUES (?, ?)", (t["sample_id"], t["image"]))
                     new += 1
             return new, len(tasks) - new
 
@@ -237,9 +185,7 @@ class FeedbackStore:
             raise UnknownSample([sample_id])
         return bytes(row[0])
 
-    def lease(
-        self, labeller: str, n: int, k: int, lease_seconds: float, round_: int | None = None
-    ) -> dict[str, Any]:
+    def lease(self, labeller: str, n: int, k: int, lease_seconds: float, round_: int | None = None) -> dict[str, Any]:
         """Reserve up to `n` tasks for `labeller`: ones it has not labelled, whose good/bad labels
         plus other labellers' live leases are fewer than `k`. Its own live leases come back first
         (a reloaded page gets the same images). Runs in the writer, so two callers never race."""
@@ -311,8 +257,7 @@ class FeedbackStore:
                 if lab.label not in LABELS:
                     raise ValueError(f"label must be one of {LABELS}, got {lab.label!r}")
                 row = conn.execute(
-                    f"SELECT {_LABEL_COLS} FROM labels WHERE sample_id = ? AND labeller = ? "
-                    "AND retracted_at IS NULL",
+                    f"SELECT {_LABEL_COLS} FROM labels WHERE sample_id = ? AND labeller = ? AND retracted_at IS NULL",
                     (lab.sample_id, lab.labeller),
                 ).fetchone()
                 if row is not None:
@@ -325,9 +270,7 @@ class FeedbackStore:
                 )
                 if lab.label != "skip":
                     conn.execute("UPDATE tasks SET votes = votes + 1 WHERE sample_id = ?", (lab.sample_id,))
-                conn.execute(
-                    "DELETE FROM leases WHERE sample_id = ? AND labeller = ?", (lab.sample_id, lab.labeller)
-                )
+                conn.execute("DELETE FROM leases WHERE sample_id = ? AND labeller = ?", (lab.sample_id, lab.labeller))
                 out.append(
                     (
                         {
@@ -352,8 +295,7 @@ class FeedbackStore:
 
         def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
-                f"SELECT {_LABEL_COLS} FROM labels WHERE sample_id = ? AND labeller = ? "
-                "AND retracted_at IS NULL",
+                f"SELECT {_LABEL_COLS} FROM labels WHERE sample_id = ? AND labeller = ? AND retracted_at IS NULL",
                 (sample_id, labeller),
             ).fetchone()
             if row is None:
@@ -403,9 +345,7 @@ class FeedbackStore:
                     "pairs": 0,
                 }
             lw = "WHERE retracted_at IS NULL" + (" AND round = ?" if round_ is not None else "")
-            for r in conn.execute(
-                f"SELECT round, label, count(*) FROM labels {lw} GROUP BY round, label", args
-            ):
+            for r in conn.execute(f"SELECT round, label, count(*) FROM labels {lw} GROUP BY round, label", args):
                 if r[0] in per:
                     per[r[0]]["skipped" if r[1] == "skip" else r[1]] = r[2]
             for r in conn.execute(

@@ -25,9 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def live_server(
-    settings: FeedbackSettings, host: str = "127.0.0.1", port: int | None = None
-) -> Iterator[str]:
+def live_server(settings: FeedbackSettings, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
     """Serve `create_app(settings)` over real HTTP on loopback; yields the base URL."""
     port = port or free_port(host)
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False)

@@ -85,12 +85,8 @@ async def post_labels(
         )
     news = [_new(lab, who) for lab in batch.labels]
     if len({(n.sample_id, n.labeller) for n in news}) != len(news):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "a batch holds one label per sample and labeller"
-        )
-    results = [
-        LabelResult(**row, created=c) for row, c in await asyncio.wrap_future(store.add_labels_future(news))
-    ]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a batch holds one label per sample and labeller")
+    results = [LabelResult(**row, created=c) for row, c in await asyncio.wrap_future(store.add_labels_future(news))]
     created = sum(r.created for r in results)
     return LabelBatchResponse(created=created, existing=len(results) - created, results=results)
 
@@ -133,7 +129,5 @@ def export_labels(
     if format == "parquet":
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), buf)
-        return Response(
-            buf.getvalue(), media_type="application/vnd.apache.parquet", headers={"X-Next-Cursor": cursor}
-        )
+        return Response(buf.getvalue(), media_type="application/vnd.apache.parquet", headers={"X-Next-Cursor": cursor})
     return ExportResponse(labels=[LabelOut(**r) for r in rows], next_cursor=cursor)

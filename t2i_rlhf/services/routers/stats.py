@@ -12,9 +12,7 @@ from t2i_rlhf.services.store import FeedbackStore
 router = APIRouter(prefix="/v1", tags=["stats"])
 
 
-@router.get(
-    "/stats", response_model=StatsResponse, summary="Published / labelled / skipped / agreement per round."
-)
+@router.get("/stats", response_model=StatsResponse, summary="Published / labelled / skipped / agreement per round.")
 def stats(
     round: int | None = Query(None, ge=0),
     _: Principal = Depends(require_labeller),
@@ -22,9 +20,7 @@ def stats(
     settings: FeedbackSettings = Depends(get_settings),
 ) -> StatsResponse:
     rounds = store.stats(settings.labels_per_sample, round)
-    return StatsResponse(
-        labels_per_sample=settings.labels_per_sample, rounds=[RoundStats(**r) for r in rounds]
-    )
+    return StatsResponse(labels_per_sample=settings.labels_per_sample, rounds=[RoundStats(**r) for r in rounds])
 
 
 @router.get("/health", response_model=Health, summary="Liveness and database reachability.")

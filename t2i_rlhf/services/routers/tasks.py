@@ -43,16 +43,12 @@ def _from_parquet(body: bytes) -> list[dict[str, Any]]:
     if table.num_rows == 0:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no tasks to publish")
     cols = [
-        c
-        for c in ("sample_id", "round", "prompt", "image", "category", "model_version")
-        if c in table.column_names
+        c for c in ("sample_id", "round", "prompt", "image", "category", "model_version") if c in table.column_names
     ]
     rows = table.select(cols).to_pylist()
     for i, r in enumerate(rows):
         if not isinstance(r["sample_id"], str) or not r["sample_id"] or not isinstance(r["prompt"], str):
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"row {i}: sample_id/prompt must be text"
-            )
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"row {i}: sample_id/prompt must be text")
         if not isinstance(r["round"], int) or r["round"] < 0:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"row {i}: round must be an int >= 0")
         if not isinstance(r["image"], bytes) or not r["image"].startswith(PNG_MAGIC):
@@ -97,9 +93,7 @@ async def publish(
             req = PublishRequest.model_validate_json(body)
         except ValidationError as e:
             raise RequestValidationError(e.errors(include_url=False, include_context=False)) from e
-        tasks = [
-            {**t.model_dump(exclude={"image_b64"}), "image": base64.b64decode(t.image_b64)} for t in req.tasks
-        ]
+        tasks = [{**t.model_dump(exclude={"image_b64"}), "image": base64.b64decode(t.image_b64)} for t in req.tasks]
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send application/json or {PARQUET}")
     if len({t["sample_id"] for t in tasks}) != len(tasks):
@@ -149,6 +143,4 @@ def task_image(
     _: Principal = Depends(require_labeller),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
-    return Response(
-        store.image(sample_id), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-    )
+    return Response(store.image(sample_id), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
