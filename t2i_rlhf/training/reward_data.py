@@ -141,7 +141,8 @@ def perturbation_table(
     out: list[list[str]] = []
     n_without = 0
     for i, text in enumerate(prompts):
-        negs = [q for q in (fn(text, n_negatives, seed + i) if fn else []) if q != text][:n_negatives]
+        negs = [q for q in dict.fromkeys(fn(text, n_negatives, seed + i) if fn else []) if q != text]
+        negs = negs[:n_negatives]
         n_without += not negs
         out.append([text, *negs])
     if fn is not None and n_without:

@@ -93,7 +93,9 @@ class EmbeddedSet:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def batch_loss(self, mlp: RewardMLP, idx: torch.Tensor, cfg: RewardTrainingConfig):
+    def batch_loss(
+        self, mlp: RewardMLP, idx: torch.Tensor, cfg: RewardTrainingConfig
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The paper's loss on samples `idx`: MSE on all, prompt classification on the good ones."""
         r = mlp(self.x[idx], self.z[idx])
         good = idx[self.aux[idx]] if cfg.lambda_aux > 0 else idx[:0]
