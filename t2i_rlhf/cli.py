@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "t2i_rlhf.commands.feedback",
     "t2i_rlhf.commands.evaluate",
     "t2i_rlhf.commands.demo",
+    "t2i_rlhf.commands.run",
 ]
 
 

@@ -143,6 +143,15 @@ def judge_table(model: str, prompts: list[Prompt], images: np.ndarray) -> EvalRe
     return EvalResult(model=model, categories=rows, overall=overall)
 
 
+def score_images(model: str, prompts: list[Prompt], images: np.ndarray, seeds: list[int],
+                 clip_dir: str | Path) -> EvalResult:
+    """The judge's table plus the Fréchet distance to renders of the same prompts and seeds."""
+    result = judge_table(model, prompts, images)
+    rendered = np.stack([render(p, s) for p, s in zip(prompts, seeds, strict=True)])
+    result.fid = frechet_distance(clip_image_features(clip_dir, images), clip_image_features(clip_dir, rendered))
+    return result
+
+
 def save_grid(path: str | Path, prompts: list[str], images: np.ndarray, per_row: int = 8,
               scale: int = 3) -> Path:
     """A PNG with one row per prompt (its text on the left) and `per_row` images beside it."""
@@ -179,9 +188,7 @@ def evaluate_model(model: str | Path, clip_dir: str | Path, out_dir: str | Path,
     pipe = pipe or load_pipeline(model, threads)
     items = eval_prompts(per_category, split, seed)
     images = generate(pipe, items, steps, guidance, batch)
-    result = judge_table(str(model), [p for p, _ in items], images)
-    rendered = np.stack([render(p, s) for p, s in items])
-    result.fid = frechet_distance(clip_image_features(clip_dir, images), clip_image_features(clip_dir, rendered))
+    result = score_images(str(model), [p for p, _ in items], images, [s for _, s in items], clip_dir)
     result.extra = {"split": split, "steps": steps, "guidance": guidance, "seed": seed}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t2i_rlhf.evaluation import evaluate_model
-
 DEFAULT_MODEL = Path("models/shapes-sd")
 DEFAULT_CLIP = Path("models/shapes-clip")
 
@@ -31,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from t2i_rlhf.evaluation import evaluate_model
+
     if args.per_category < 1:
         raise ValueError("--per-category must be >= 1")
     result = evaluate_model(args.model, args.clip, args.out, args.per_category, args.split, args.steps,

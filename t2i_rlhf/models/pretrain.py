@@ -270,7 +270,7 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
     return out
 
 
-STAGES = ("vae", "clip", "unet")
+STAGES = ("vae", "clip", "unet")  # keep in step with commands/pretrain.py
 
 
 def pretrain(cfg: PretrainConfig, stages: tuple[str, ...] = STAGES) -> None:

@@ -23,8 +23,8 @@ _COLOUR_RGB = np.array(list(COLOURS.values()), dtype=np.float32)
 
 SCENE_TOLERANCE = 45.0  # max RGB distance between the background and its scene colour
 MIN_OBJECT_AREA = 6  # components smaller than this are specks, not objects
-MAX_SPECK_AREA = 6
-CORE_DISTANCE = 60.0  # a pixel this close to a palette colour counts towards an object's colour  # more speck pixels than this in total makes an image unclean
+MAX_SPECK_AREA = 6  # more speck pixels than this in total makes an image unclean
+CORE_DISTANCE = 60.0  # a pixel this close to a palette colour counts towards an object's colour
 
 
 @dataclass

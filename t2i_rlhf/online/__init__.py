@@ -1,0 +1,1 @@
+"""The online RLHF loop: rounds of generate -> label -> reward model -> fine-tune -> evaluate."""

@@ -1,0 +1,104 @@
+"""Local stand-ins for what a deployment runs separately: the feedback service (uvicorn) and
+simulated labellers, each a child process talking real HTTP on 127.0.0.1. They die with the
+driver (PR_SET_PDEATHSIG), and a restarted driver starts them again on the same database."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from t2i_rlhf.services.testing import free_port
+
+log = logging.getLogger(__name__)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "t2i_rlhf.cli", *args]
+
+
+def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"feedback service at {url} did not become healthy in {timeout_s:.0f} s")
+
+
+@contextlib.contextmanager
+def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
+                           log_path: Path) -> Iterator[str]:
+    """Start `t2i-rlhf feedback serve` on a free loopback port; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "T2I_FEEDBACK_ADMIN_TOKEN": admin_token,
+           "T2I_FEEDBACK_LABELLER_TOKENS": labeller_token}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(_cli("feedback", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                     "--db", str(db_path)),
+                                env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    try:
+        wait_healthy(url)
+        log.info("feedback service on %s (db %s; labelling page %s/)", url, db_path, url)
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        if proc.poll() is None:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def simulated_labellers(url: str, token: str, workers: int, noise: float, seed: int,
+                        log_path: Path) -> Iterator[subprocess.Popen]:
+    """`t2i-rlhf label simulate --follow` in a child process: the people of the demo."""
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            _cli("label", "simulate", "--url", url, "--token", token, "--workers", str(workers),
+                 "--noise", str(noise), "--seed", str(seed), "--follow"),
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def tokens(run_dir: Path, admin_env: str, labeller_env: str) -> tuple[str, str]:
+    """Tokens from the environment, else generated once per run and kept (mode 600) in the run
+    directory so a resumed driver and its service agree."""
+    path = run_dir / "feedback-tokens"
+    if os.environ.get(admin_env) and os.environ.get(labeller_env):
+        return os.environ[admin_env], os.environ[labeller_env]
+    if path.exists():
+        admin, labeller = path.read_text().split()
+        return admin, labeller
+    admin, labeller = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{admin}\n{labeller}\n")
+    path.chmod(0o600)
+    return admin, labeller

@@ -1,0 +1,211 @@
+"""The steps of one round, each named as in the paper and each safe to repeat.
+
+A step reads what earlier steps left (the buffer's Parquet, the feedback service, version
+directories) and returns a small dict that the driver records in the run state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from tqdm.auto import tqdm
+
+from t2i_rlhf.actors.buffer import load_round
+from t2i_rlhf.actors.rollout import RolloutActors, run_generation_round
+from t2i_rlhf.actors.scorer import RewardScorerActor
+from t2i_rlhf.config import ExperimentConfig
+from t2i_rlhf.evaluation import EvalResult, eval_prompts, score_images
+from t2i_rlhf.model_version import BASE_VERSION
+from t2i_rlhf.online.state import RunState
+from t2i_rlhf.samples import decode_png
+from t2i_rlhf.services.client import FeedbackClient, aggregate_labels
+from t2i_rlhf.shapes.prompts import sample_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopContext:
+    """What every step may use: the config, the run directory, the actors, the service."""
+
+    cfg: ExperimentConfig
+    run_dir: Path
+    actors: RolloutActors
+    feedback: FeedbackClient
+    state: RunState
+    scorers: list  # reward scorer actors, created once a reward model exists
+
+    def round_dir(self, round: int) -> Path:
+        return self.run_dir / f"round-{round:04d}"
+
+    @property
+    def samples_root(self) -> str:
+        return str(self.run_dir / "samples")
+
+
+def round_items(cfg: ExperimentConfig, round: int) -> list[tuple[str, int]]:
+    """The round's (prompt, seed) pairs: a fixed function of the config and the round."""
+    r = cfg.rollout
+    n_prompts = -(-r.samples_per_round // r.seeds_per_prompt)
+    seed = cfg.run.seed * 1_000_003 + round
+    if r.prompts_file:
+        lines = [s.strip() for s in Path(r.prompts_file).read_text().splitlines() if s.strip()]
+        rng = np.random.default_rng(seed)
+        prompts = [lines[i] for i in rng.integers(0, len(lines), n_prompts)]
+    else:
+        cats = tuple(r.category_weights) if r.category_weights else None
+        kw = {"categories": cats, "weights": tuple(r.category_weights.values())} if cats else {}
+        prompts = [p.text for p in sample_prompts(n_prompts, split=r.prompt_split, seed=seed, **kw)]
+    items = [(p, round * 1_000_000 + i * r.seeds_per_prompt + j)
+             for i, p in enumerate(prompts) for j in range(r.seeds_per_prompt)]
+    return items[: r.samples_per_round]
+
+
+# --- 1. generate and score ---------------------------------------------------------------------
+
+def generate_samples(ctx: LoopContext, round: int) -> dict:
+    """Images for the round's prompts from the current model, scored by the current reward
+    model (if any), streamed into the buffer. Re-running adds only what is missing."""
+    summary = run_generation_round(
+        round, round_items(ctx.cfg, round), ctx.actors.generators, ctx.scorers, ctx.actors.buffer,
+        batch_size=ctx.cfg.rollout.generation.batch_size,
+    )
+    ray.get(ctx.actors.buffer.release_round.remote(round))
+    out = asdict(summary)
+    out["overlap_s"] = summary.overlap_s
+    return out
+
+
+# --- 2. human feedback ---------------------------------------------------------------------------
+
+def publish_for_labelling(ctx: LoopContext, round: int) -> dict:
+    """Choose the samples people should label (random, or those the reward model is least sure
+    about) and publish them to the feedback service. Publishing twice is a no-op."""
+    lab = ctx.cfg.labelling
+    strategy = lab.selection if ctx.scorers else "random"
+    chosen = ray.get(ctx.actors.buffer.unlabelled.remote(
+        lab.labels_per_round, strategy=strategy, round=round, seed=ctx.cfg.run.seed + round,
+        columns=["sample_id", "round", "prompt", "category", "model_version", "image"]))
+    result = ctx.feedback.publish_tasks(chosen)
+    log.info("round %d: published %d samples for labelling (%s)", round, chosen.num_rows, strategy)
+    return {"published": chosen.num_rows, "selection": strategy, **result}
+
+
+def collect_labels(ctx: LoopContext, round: int) -> dict:
+    """Wait until enough of the round's tasks are labelled (or the timeout), then pull every
+    label of the round and attach each sample's mean (good=1, bad=0; skips excluded)."""
+    lab = ctx.cfg.labelling
+    wanted = ctx.state.done(round, "publish")["published"]
+    target = int(np.ceil(lab.min_fraction * wanted))
+    deadline = time.monotonic() + lab.timeout_s
+    with tqdm(total=wanted, desc=f"round {round} labels", mininterval=2) as bar:
+        while True:
+            rows = ctx.feedback.stats(round=round)["rounds"]
+            done = rows[0]["complete"] if rows else 0
+            bar.update(done - bar.n)
+            if done >= target or time.monotonic() > deadline:
+                break
+            time.sleep(lab.poll_s)
+    if done < target:
+        log.warning("round %d: labelling timed out with %d/%d labelled; going on", round, done, wanted)
+    labels, _ = ctx.feedback.export_labels(round=round)
+    per_sample = aggregate_labels(labels)
+    ray.get(ctx.actors.buffer.attach_labels.remote(per_sample))
+    kinds = {k: sum(1 for r in labels if r["label"] == k) for k in ("good", "bad", "skip")}
+    return {"labelled_samples": len(per_sample), "labels": len(labels), **kinds}
+
+
+# --- 3. reward model -----------------------------------------------------------------------------
+
+def labelled_table(ctx: LoopContext, upto_round: int) -> pa.Table:
+    tables = [load_round(ctx.samples_root, r) for r in range(upto_round + 1)]
+    table = pa.concat_tables(tables)
+    return table.filter(pc.is_valid(table.column("label")))
+
+
+def train_reward(ctx: LoopContext, round: int) -> dict:
+    """r(x, z) on every label so far: MSE + λ · prompt classification (a Ray task)."""
+    from t2i_rlhf.training.reward_training import train_reward_model_remote
+
+    version = f"rm-r{round:04d}"
+    out = ctx.run_dir / "reward_models" / version
+    data = labelled_table(ctx, round)
+    cache = ctx.run_dir / "cache" / "reward-embeddings.npz"
+    config = ctx.cfg.reward.model_copy(update={"embedding_cache": str(cache)})
+    metrics = ray.get(train_reward_model_remote(data, config, out, version))
+    if ctx.scorers:
+        ray.get([s.update_reward_model.remote(version, str(out)) for s in ctx.scorers])
+    else:
+        r = ctx.cfg.rollout
+        ctx.scorers.extend(
+            RewardScorerActor.options(num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus).remote(
+                str(out), version) for _ in range(r.scorers))
+    return {"version": version, "location": str(out), "n_labelled": data.num_rows,
+            "heldout": metrics["heldout"], "train": metrics["train"]}
+
+
+def rescore_samples(ctx: LoopContext, round: int) -> dict:
+    """Score the round's samples with the new reward model: the r_i of the fine-tuning loss."""
+    table = load_round(ctx.samples_root, round)
+    batches = table.to_batches(max_chunksize=64)
+    refs = [ctx.scorers[i % len(ctx.scorers)].score_batch.remote(b) for i, b in enumerate(batches)]
+    scored = pa.Table.from_batches(ray.get(refs))
+    path = ctx.round_dir(round) / "scored.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(scored, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    reward = scored.column("reward").to_numpy()
+    return {"path": str(path), "n": scored.num_rows, "reward_mean": float(reward.mean()),
+            "reward_std": float(reward.std()), "reward_hist": np.histogram(reward, 10, (0, 1))[0].tolist()}
+
+
+# --- 4. reward-weighted fine-tuning ----------------------------------------------------------------
+
+def finetune(ctx: LoopContext, round: int, base: str, pretrain_data: str) -> dict:
+    """mean r_i·‖ε − ε_θ‖² + β·NLL on the Ray Train group; re-running resumes the same run."""
+    from t2i_rlhf.training.finetune_trainer import finetune_round
+
+    version = f"r{round:04d}"
+    out = ctx.run_dir / "models" / version
+    manifest = finetune_round(
+        ctx.cfg.finetune, samples=ctx.state.done(round, "rescore")["path"], pretrain_data=pretrain_data, base=base,
+        out_dir=out, round=round, version=version, storage_path=ctx.run_dir / "ray_train",
+    )
+    return {"version": version, "location": str(out), "steps": manifest.steps, "metrics": manifest.metrics}
+
+
+def push_weights(ctx: LoopContext, version: str, location: str | None) -> None:
+    """New weights to every generator; samples from now on carry `version`."""
+    if location is None or version == BASE_VERSION:
+        return
+    ray.get([g.update_weights.remote(version, location) for g in ctx.actors.generators])
+    log.info("generators now at model version %s", version)
+
+
+# --- 5. evaluation ---------------------------------------------------------------------------------
+
+def generate_with_actors(ctx: LoopContext, items: list[tuple[str, int]], chunk: int = 16) -> np.ndarray:
+    """Images for (prompt, seed) pairs from the generator actors (current weights), in order."""
+    gens = ctx.actors.generators
+    refs = [gens[i % len(gens)].generate.remote(-1, items[s : s + chunk])
+            for i, s in enumerate(range(0, len(items), chunk))]
+    batches = ray.get(refs)
+    return np.stack([decode_png(b) for batch in batches for b in batch.column("image").to_pylist()])
+
+
+def evaluate_current_model(ctx: LoopContext, label: str) -> dict:
+    """Judged alignment per category on held-out prompts, and fidelity, of the generators'
+    current weights; the same prompts and seeds every time."""
+    items = eval_prompts(ctx.cfg.eval.per_category, "heldout", seed=ctx.cfg.run.seed)
+    images = generate_with_actors(ctx, [(p.text, s) for p, s in items])
+    result: EvalResult = score_images(label, [p for p, _ in items], images, [s for _, s in items],
+                                      ctx.cfg.model.clip)
+    log.info("evaluation of %s:\n%s", label, result.table())
+    return result.to_dict()

@@ -1,0 +1,189 @@
+"""The online RLHF driver: what `t2i-rlhf run --config ...` and `ray job submit ... -- t2i-rlhf
+run` execute. One round reads top to bottom in `run_round`; each step is in online/steps.py.
+
+Every step's result is recorded in the run's state.json once what it wrote is on disk, so the
+same command after a crash resumes at the step that was running."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from t2i_rlhf.actors.rollout import start_actors
+from t2i_rlhf.config import ExperimentConfig
+from t2i_rlhf.evaluation import grid_items, save_grid
+from t2i_rlhf.online import steps
+from t2i_rlhf.online.local_services import local_feedback_service, simulated_labellers, tokens
+from t2i_rlhf.online.report import paper_table, write_metrics, write_report
+from t2i_rlhf.online.state import RunState, StateStore
+from t2i_rlhf.services.client import FeedbackClient
+from t2i_rlhf.shapes.captions import write_pretrain_parquet
+
+log = logging.getLogger(__name__)
+
+
+class Driver:
+    def __init__(self, ctx: steps.LoopContext, store: StateStore) -> None:
+        self.ctx, self.store = ctx, store
+
+    @property
+    def state(self) -> RunState:
+        return self.ctx.state
+
+    def step(self, round: int, name: str, fn: Callable[[], dict]) -> dict:
+        """Run a step unless the state says it is done; record its result once it is."""
+        done = self.state.done(round, name)
+        if done is not None:
+            log.info("round %d: %s already done", round, name)
+            return done
+        t0 = time.monotonic()
+        log.info("round %d: %s ...", round, name)
+        result = fn()
+        result["seconds"] = round_s(time.monotonic() - t0)
+        self.state.mark(round, name, result)
+        self.store.save(self.state)
+        return result
+
+
+def round_s(x: float) -> float:
+    return float(np.round(x, 1))
+
+
+def run_round(d: Driver, k: int, pretrain_data: str) -> None:
+    """One round of Lee et al. (2023): generate, get human feedback, learn the reward, fine-tune
+    with reward-weighted likelihood + β·NLL, push the weights, evaluate."""
+    ctx = d.ctx
+    d.step(k, "generate", lambda: steps.generate_samples(ctx, k))
+    d.step(k, "publish", lambda: steps.publish_for_labelling(ctx, k))
+    d.step(k, "labels", lambda: steps.collect_labels(ctx, k))
+    rm = d.step(k, "reward_model", lambda: steps.train_reward(ctx, k))
+    d.state.reward_model_version, d.state.reward_model_location = rm["version"], rm["location"]
+    d.step(k, "rescore", lambda: steps.rescore_samples(ctx, k))
+    base = d.state.model_location or ctx.cfg.model.base
+    tuned = d.step(k, "finetune", lambda: steps.finetune(ctx, k, base, pretrain_data))
+    if d.state.model_version != tuned["version"]:
+        steps.push_weights(ctx, tuned["version"], tuned["location"])
+        d.state.model_version, d.state.model_location = tuned["version"], tuned["location"]
+        d.store.save(d.state)
+    if ctx.cfg.eval.every_round or k == ctx.cfg.run.rounds - 1:
+        d.step(k, "evaluate", lambda: steps.evaluate_current_model(ctx, tuned["version"]))
+    write_metrics(ctx.run_dir, d.state)
+
+
+def connect_ray() -> None:
+    """Join the cluster a job was submitted to (RAY_ADDRESS), else start a local instance with
+    enough logical CPUs for the generators, scorers and the training group to coexist."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env)
+    else:
+        ray.init(num_cpus=max(6, os.cpu_count() or 1), include_dashboard=False, runtime_env=env)
+
+
+@contextlib.contextmanager
+def feedback_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[FeedbackClient]:
+    """The configured feedback service, or one started for the run (with simulated labellers
+    if the config asks for them)."""
+    lab = cfg.labelling
+    admin, labeller = tokens(run_dir, lab.admin_token_env, lab.labeller_token_env)
+    with contextlib.ExitStack() as stack:
+        url = lab.url or stack.enter_context(local_feedback_service(
+            run_dir / "feedback.db", admin, labeller, run_dir / "logs" / "feedback.log"))
+        if lab.simulate:
+            stack.enter_context(simulated_labellers(url, labeller, lab.simulate.workers, lab.simulate.noise,
+                                                    cfg.run.seed, run_dir / "logs" / "labellers.log"))
+        client = stack.enter_context(FeedbackClient(url, admin))
+        client.health()
+        print(f"feedback service: {url}  (labelling page: {url}/)", flush=True)
+        yield client
+
+
+def ensure_pretrain_data(cfg: ExperimentConfig, run_dir: Path) -> str:
+    """The β-term data: the configured Parquet, or the shapes world's rendered once per run."""
+    if cfg.pretrain_data:
+        return cfg.pretrain_data
+    path = run_dir / "pretrain"
+    if not (path / "_done").exists():
+        write_pretrain_parquet(path, cfg.pretrain_examples, first_seed=50_000_000)
+        (path / "_done").write_text("ok\n")
+    return str(path)
+
+
+def run_experiment(cfg: ExperimentConfig) -> RunState:
+    t0 = time.monotonic()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = StateStore(run_dir)
+    state = store.load()
+    connect_ray()
+    pretrain_data = ensure_pretrain_data(cfg, run_dir)
+    r = cfg.rollout
+    actors = start_actors(
+        cfg.model.base, str(run_dir / "samples"), n_generators=r.generators, config=r.generation,
+        capacity=r.buffer_capacity, strategy=r.placement_strategy,
+    )
+    try:
+        with feedback_endpoint(cfg, run_dir) as feedback:
+            ctx = steps.LoopContext(cfg, run_dir, actors, feedback, state, scorers=[])
+            d = Driver(ctx, store)
+            if state.reward_model_location:  # resumed: the scorers take up the last reward model
+                from t2i_rlhf.actors.scorer import RewardScorerActor
+                ctx.scorers.extend(RewardScorerActor.options(num_cpus=r.scorer_num_cpus).remote(
+                    state.reward_model_location, state.reward_model_version) for _ in range(r.scorers))
+            steps.push_weights(ctx, state.model_version, state.model_location)
+            grid = grid_items("heldout", per_category=2)
+            if state.base_eval is None and state.model_version == "base":
+                state.base_eval = steps.evaluate_current_model(ctx, "base")
+                save_grid(run_dir / "grid_base.png", [p.text for p, _ in grid[::8]],
+                          steps.generate_with_actors(ctx, [(p.text, s) for p, s in grid]))
+                store.save(state)
+            for k in range(cfg.run.rounds):
+                run_round(d, k, pretrain_data)
+            save_grid(run_dir / "grid_final.png", [p.text for p, _ in grid[::8]],
+                      steps.generate_with_actors(ctx, [(p.text, s) for p, s in grid]))
+            state.finished = True
+            store.save(state)
+            write_metrics(run_dir, state)
+            report = write_report(run_dir, state, run_dir / "grid_base.png", run_dir / "grid_final.png",
+                                  wall_s=time.monotonic() - t0)
+    finally:
+        actors.shutdown()
+    last = state.done(cfg.run.rounds - 1, "evaluate")
+    if state.base_eval and last:
+        print("\nJudged alignment on held-out prompts (oracle judge), base vs tuned:\n")
+        print(paper_table(state.base_eval, last, f"after {cfg.run.rounds} rounds"))
+    print(f"\nreport: {report}\nwall time: {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+    return state
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key.path=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m t2i_rlhf.run --config ...`, the same as `t2i-rlhf run --config ...`."""
+    from t2i_rlhf.cli import main as cli_main
+
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
