@@ -47,6 +47,7 @@ class RolloutSection(_Strict):
     prompts_file: str | None = Field(None, description="one prompt per line; default: the shapes grammar")
     category_weights: dict[str, float] | None = None
     buffer_capacity: int = Field(4096, ge=1)
+    ready_timeout_s: float = Field(900, gt=0, description="for actors to load their models")
     generation: GenerationConfig = GenerationConfig()
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     generator_resources: dict[str, float] = Field(

@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     out: Path = Path("models")
     work: Path = Path("runs/pretrain")
-    vae_steps: int = 1600
-    clip_steps: int = 1000
-    unet_steps: int = 4000
-    unet_examples: int = 60_000
+    vae_steps: int = 1300
+    clip_steps: int = 800
+    unet_steps: int = 2500
+    unet_examples: int = 50_000
     batch: int = 64
     seed: int = 0
     threads: int = 2
@@ -228,7 +228,12 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
     text_encoder.load_state_dict(CLIPModel.from_pretrained(clip_dir).text_model.state_dict())
     unet = arch.make_unet()
     noise_scheduler = arch.make_train_scheduler()
-    latents, captions = cache_latents(vae, cfg.unet_examples, first_seed=0)
+    cache = cfg.work / f"latents-{cfg.unet_examples}.pt"  # so a resumed stage need not re-encode
+    if cache.exists():
+        latents, captions = torch.load(cache, weights_only=False)
+    else:
+        latents, captions = cache_latents(vae, cfg.unet_examples, first_seed=0)
+        torch.save((latents, captions), cache)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])[0]
     opt = torch.optim.AdamW(
