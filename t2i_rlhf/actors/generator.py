@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,8 @@ from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import parse_prompt
 
 log = logging.getLogger(__name__)
+
+TIMELINE_LENGTH = 10_000  # recent calls kept for round summaries
 
 OTHER_CATEGORY = "other"  # prompts outside the shapes grammar (a user's own model and prompts)
 
@@ -98,7 +101,7 @@ class Generator:
         self._version = version
         self._unet_is_base = True  # False once full UNet weights have been swapped in
         self._lora_loaded = False
-        self._timeline: list[tuple[float, float, int]] = []
+        self._timeline: deque[tuple[float, float, int]] = deque(maxlen=TIMELINE_LENGTH)
         log.info("generator ready: %s on %s (%s)", self.model_dir, self.device, version)
 
     def version(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from t2i_rlhf.samples import SAMPLE_SCHEMA, decode_png, validate_batch
 from t2i_rlhf.shapes import judge
 
 log = logging.getLogger(__name__)
+
+TIMELINE_LENGTH = 10_000  # recent calls kept for round summaries
 
 ScoreFn = Callable[[list[np.ndarray], list[str]], np.ndarray]
 
@@ -49,7 +52,7 @@ class RewardScorer:
         self._fn: ScoreFn | None = None
         self._path: Path | None = None
         self._version: str | None = None
-        self._timeline: list[tuple[float, float, int]] = []
+        self._timeline: deque[tuple[float, float, int]] = deque(maxlen=TIMELINE_LENGTH)
         self._set(model, version)
 
     def _set(self, model: ScoreFn | str | Path, version: str | None) -> None:
