@@ -140,3 +140,21 @@ def test_data_position_is_a_function_of_the_step():
         next(micro_batches(FakeShard(2), 3, 2, start=0, seed=0))
     assert steps_for(FinetuneConfig(batch_size=4, epochs=2, grad_accum=2), 9) == 4  # 4 batches/epoch
     assert steps_for(FinetuneConfig(max_steps=7), 9) == 7
+
+
+def test_cli_flags_override_the_yaml_config(tmp_path):
+    import argparse
+
+    from t2i_rlhf.commands import finetune
+
+    parser = argparse.ArgumentParser()
+    finetune.register(parser.add_subparsers())
+    (tmp_path / "exp.yaml").write_text("finetune:\n  beta: 0.3\n  lora: true\n  batch_size: 8\n")
+    args = parser.parse_args(["finetune", "--samples", "s.parquet", "--base", "m", "--out", "o", "--round", "2",
+                              "--config", str(tmp_path / "exp.yaml"), "--batch-size", "4", "--no-lora"])
+    cfg = finetune.config_from_args(args)
+    assert (cfg.beta, cfg.lora, cfg.batch_size, cfg.reward_source) == (0.3, False, 4, "reward")
+    (tmp_path / "bad.yaml").write_text("finetune:\n  betta: 1\n")
+    args.config = tmp_path / "bad.yaml"
+    with pytest.raises(ValidationError, match="betta"):
+        finetune.config_from_args(args)

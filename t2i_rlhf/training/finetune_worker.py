@@ -75,7 +75,7 @@ class Finetuner:
         """Forward + backward of one micro-batch: model samples and pre-training examples go
         through the UNet together; the loss splits them again."""
         cfg = self.cfg
-        rewards = torch.as_tensor(np.asarray(model[reward_column(cfg)], dtype=np.float32), device=self.device)
+        rewards = torch.tensor(np.asarray(model[reward_column(cfg)], dtype=np.float32), device=self.device)
         latents, texts = [batch_latents(model)], list(model["prompt"])
         if pretrain is not None:
             latents.append(batch_latents(pretrain))
