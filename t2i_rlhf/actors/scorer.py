@@ -45,6 +45,12 @@ def as_sample_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     )
 
 
+def _device() -> str:
+    """CUDA where Ray gave this actor a GPU (scorer_num_gpus > 0 on a cluster), else CPU."""
+    in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    return "cuda" if in_actor and ray.get_gpu_ids() else "cpu"
+
+
 class RewardScorer:
     """Scores SAMPLE_SCHEMA batches with a callable or a reward-model directory."""
 
@@ -71,7 +77,7 @@ class RewardScorer:
             from t2i_rlhf.training.reward_model import load_reward_model
 
             assert self._path is not None
-            model = load_reward_model(self._path)
+            model = load_reward_model(self._path, device=_device())
             if self._version and model.version != self._version:
                 log.warning("reward model at %s reports version %r, using %r as asked",
                             self._path, model.version, self._version)
