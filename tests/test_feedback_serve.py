@@ -31,13 +31,16 @@ def test_serve_config_points_at_the_builder() -> None:
 def test_serve_deployment_answers(ray_session, tmp_path: Path) -> None:
     from ray import serve
 
-    from t2i_rlhf.services.serve import app_builder
+    from t2i_rlhf.services.serve import FeedbackDeployment, app_builder
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         args = {"db_path": str(tmp_path / "serve.db"), "admin_token": ADMIN, "labeller_tokens": [LAB]}
-        serve.run(app_builder(args), name="feedback", route_prefix="/", blocking=False)
+        assert app_builder(args) is not None  # what the Serve config's import_path builds
+        # Same deployment, with health checks patient enough for a busy 2-core CI machine.
+        app = FeedbackDeployment.options(health_check_period_s=30, health_check_timeout_s=120).bind(args)
+        serve.run(app, name="feedback", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/v1/health", timeout=30).json() == {"status": "ok", "database": "ok"}
         assert httpx.get(f"{url}/v1/stats", timeout=30).status_code == 401
