@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from t2i_rlhf.samples import png_bytes
-from t2i_rlhf.shapes import judge, sample_prompts
+from t2i_rlhf.shapes import judge, perturb, render, sample_prompts
 from t2i_rlhf.training.reward_metrics import score_metrics
 from t2i_rlhf.training.reward_model import load_reward_model
 from t2i_rlhf.training.reward_training import RewardTrainingConfig, train_reward_model
@@ -43,9 +43,21 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def rendered_images(args: argparse.Namespace, split: str, n: int) -> tuple[np.ndarray, list[str]]:
+    """n (image, prompt) pairs drawn by the renderer instead of the base model: half show their
+    prompt, half a perturbation of it. Checks the backbone alone, before a base model exists."""
+    prompts = sample_prompts(n, split, seed=args.seed)
+    shown = [perturb(p, 1, seed=i)[0] if i % 2 else p for i, p in enumerate(prompts)]
+    images = np.stack([render(q, seed=args.seed * 1_000_003 + i) for i, q in enumerate(shown)])
+    return images, [p.text for p in prompts]
+
+
 def generated_images(args: argparse.Namespace, split: str, n: int) -> tuple[np.ndarray, list[str]]:
     """n (image, prompt) pairs for `split` prompts, from the cache, generating what is missing."""
     from diffusers import StableDiffusionPipeline
+
+    if args.source == "rendered":
+        return rendered_images(args, split, n)
 
     key = f"{model_fingerprint(args.sd)}-{split}-s{args.seed}-st{args.steps}-g{args.guidance}"
     path = args.work / f"images-{key}.npz"
@@ -96,6 +108,8 @@ def main() -> None:
     ap.add_argument("--heldout-images", type=int, default=800)
     ap.add_argument("--flip", type=float, default=0.1, help="share of training labels flipped")
     ap.add_argument("--lambdas", default="0.5,0", help="auxiliary-loss weights to compare")
+    ap.add_argument("--source", choices=["model", "rendered"], default="model",
+                    help="images from the base model (the benchmark) or the renderer (backbone check)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--epochs", type=int, default=None, help="override RewardTrainingConfig.epochs")
@@ -110,6 +124,8 @@ def main() -> None:
     if args.tiny:
         args.labels, args.heldout_images, args.steps, args.epochs = "32,64", 32, 3, 5
         args.work = args.work / "tiny"
+    if args.source == "rendered":
+        args.work = args.work / "rendered"
     budgets = sorted(int(b) for b in args.labels.split(","))
     lambdas = [float(v) for v in args.lambdas.split(",")]
 
@@ -144,7 +160,7 @@ def main() -> None:
                          "seconds": round(time.monotonic() - t0, 1)})
             log.info("%s", rows[-1])
 
-    print(f"\nreward model on held-out prompts ({len(ho_prompts)} base-model images, judge truth; "
+    print(f"\nreward model on held-out prompts ({len(ho_prompts)} {args.source} images, judge truth; "
           f"training labels {100 * args.flip:.0f}% flipped; backbone {args.clip}, images {args.sd})")
     print(f"{'labels':>7} {'lambda':>7} {'acc':>7} {'auc':>7} {'train acc':>10} {'prompt rank':>12} {'s':>6}")
     for r in rows:
