@@ -5,8 +5,8 @@ matches prompt z.
 A checkpoint is a directory:
   reward_model.json  - version, backbone path (a reference, not a copy), MLP shape, training metrics
   mlp.safetensors    - the MLP's weights
-The backbone path is stored as given; a relative path resolves against the working directory of
-whoever loads it, and `load_reward_model(path, backbone=...)` overrides it (a cluster's copy)."""
+Training stores the backbone's absolute path (a scorer actor's working directory may differ);
+`load_reward_model(path, backbone=...)` overrides it, e.g. with a cluster's copy."""
 
 from __future__ import annotations
 

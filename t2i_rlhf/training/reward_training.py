@@ -183,8 +183,9 @@ def train_reward_model(
         "seconds": round(time.monotonic() - t0, 2),
     }
     spec = RewardModelSpec(
-        version=version, backbone=config.backbone, embed_dim=backbone.dim, hidden=config.hidden,
-        features=config.features, dropout=config.dropout,
+        # Absolute, so a scorer actor loads it whatever its working directory.
+        version=version, backbone=str(Path(config.backbone).resolve()), embed_dim=backbone.dim,
+        hidden=config.hidden, features=config.features, dropout=config.dropout,
         metrics={**metrics, "config": config.model_dump()},
     )
     save_reward_model(out_dir, spec, mlp.cpu())
