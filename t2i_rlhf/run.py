@@ -131,6 +131,7 @@ def run_experiment(cfg: ExperimentConfig) -> RunState:
     actors = start_actors(
         cfg.model.base, str(run_dir / "samples"), n_generators=r.generators, config=r.generation,
         capacity=r.buffer_capacity, strategy=r.placement_strategy, ready_timeout_s=r.ready_timeout_s,
+        resources=r.generator_resources,
     )
     try:
         with feedback_endpoint(cfg, run_dir) as feedback:

@@ -11,10 +11,19 @@ from scipy import ndimage
 
 from t2i_rlhf.samples import decode_png
 from t2i_rlhf.shapes import (
-    CATEGORIES, COLOURS, SCENES, Prompt, category_prompts, is_heldout, judge, parse_prompt, perturb,
-    render, sample_prompts,
+    CATEGORIES,
+    COLOURS,
+    SCENES,
+    Prompt,
+    category_prompts,
+    is_heldout,
+    judge,
+    parse_prompt,
+    perturb,
+    render,
+    sample_prompts,
 )
-from t2i_rlhf.shapes.captions import CaptionPolicy, PRETRAIN_SCHEMA, make_example, write_pretrain_parquet
+from t2i_rlhf.shapes.captions import PRETRAIN_SCHEMA, CaptionPolicy, make_example, write_pretrain_parquet
 from t2i_rlhf.shapes.render import render_attributes
 
 

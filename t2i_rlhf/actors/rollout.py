@@ -202,6 +202,7 @@ def start_actors(
     model_version: str = BASE_VERSION,
     strategy: str = "PACK",
     ready_timeout_s: float = 300.0,
+    resources: dict[str, float] | None = None,
 ) -> RolloutActors:
     """Start N generators and M scorers in one placement group (plus a buffer unless one is
     given), and wait until they are ready, so that bad paths fail here with their own error."""
@@ -210,7 +211,9 @@ def start_actors(
     if n_generators < 1:
         raise ValueError("n_generators must be >= 1")
     n_scorers = n_scorers if scorer_model is not None else 0
-    bundles = [_bundle(cfg.num_cpus, cfg.num_gpus)] * n_generators
+    # `resources`: custom Ray resources per generator, e.g. {"gen_node": 0.01} pins generation
+    # to the nodes that advertise them.
+    bundles = [{**_bundle(cfg.num_cpus, cfg.num_gpus), **(resources or {})}] * n_generators
     bundles += [_bundle(scorer_num_cpus, scorer_num_gpus)] * n_scorers
     pg = placement_group(bundles, strategy=strategy)
     try:
@@ -227,7 +230,8 @@ def start_actors(
 
     generators = [
         GeneratorActor.options(
-            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, scheduling_strategy=placed(i)
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=resources or None,
+            scheduling_strategy=placed(i),
         ).remote(str(model_dir), cfg.model_dump(), model_version)
         for i in range(n_generators)
     ]

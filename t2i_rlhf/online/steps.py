@@ -80,7 +80,17 @@ def generate_samples(ctx: LoopContext, round: int) -> dict:
     ray.get(ctx.actors.buffer.release_round.remote(round))
     out = asdict(summary)
     out["overlap_s"] = summary.overlap_s
+    out["generator_nodes"] = actor_nodes(ctx.actors.generators)
     return out
+
+
+def _node_id(actor_self) -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def actor_nodes(actors: list) -> list[str]:
+    """The Ray node each actor runs on: where a round's work was placed."""
+    return ray.get([a.__ray_call__.remote(_node_id) for a in actors])
 
 
 # --- 2. human feedback ---------------------------------------------------------------------------
