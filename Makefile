@@ -14,7 +14,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint pretrain eval clean
+.PHONY: venv demo test lint e2e pretrain eval clean
 
 venv: $(STAMP)
 
@@ -24,14 +24,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The online loop on the shapes world: a local Ray instance, the feedback service and simulated
+# labellers posting over HTTP, a few rounds, then the paper-style table.
 demo: $(STAMP)
-	$(VENV)/bin/t2i-rlhf demo
+	$(VENV)/bin/t2i-rlhf run --config configs/shapes.yaml
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check t2i_rlhf tests benchmarks
+
+# CI's end-to-end check: the shapes-ci config as a job submitted with `ray job submit` to a local
+# `ray start --head` cluster (auth disabled for this single-user local cluster).
+RAY_TMP ?= /tmp/t2i-rlhf-ray
+e2e: $(STAMP)
+	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
+	ray start --head --num-cpus 6 --dashboard-host 127.0.0.1 --dashboard-port 8265 --temp-dir $(RAY_TMP) \
+	  --disable-usage-stats && \
+	ray job submit --address http://127.0.0.1:8265 --runtime-env deploy/runtime_env.yaml \
+	  -- t2i-rlhf run --config configs/shapes-ci.yaml; \
+	rc=$$?; ray stop --force >/dev/null; exit $$rc
 
 pretrain: $(STAMP)
 	$(VENV)/bin/t2i-rlhf pretrain

@@ -15,7 +15,6 @@ COMMAND_MODULES = [
     "t2i_rlhf.commands.reward",
     "t2i_rlhf.commands.feedback",
     "t2i_rlhf.commands.evaluate",
-    "t2i_rlhf.commands.demo",
     "t2i_rlhf.commands.run",
     "t2i_rlhf.commands.generate",
 ]
