@@ -37,14 +37,8 @@ lint: $(STAMP)
 
 # CI's end-to-end check: the shapes-ci config as a job submitted with `ray job submit` to a local
 # `ray start --head` cluster (auth disabled for this single-user local cluster).
-RAY_TMP ?= /tmp/t2i-rlhf-ray
 e2e: $(STAMP)
-	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
-	ray start --head --num-cpus 6 --dashboard-host 127.0.0.1 --dashboard-port 8265 --temp-dir $(RAY_TMP) \
-	  --disable-usage-stats && \
-	ray job submit --address http://127.0.0.1:8265 --runtime-env deploy/runtime_env.yaml \
-	  -- t2i-rlhf run --config configs/shapes-ci.yaml; \
-	rc=$$?; ray stop --force >/dev/null; exit $$rc
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" deploy/submit_local.sh configs/shapes-ci.yaml
 
 pretrain: $(STAMP)
 	$(VENV)/bin/t2i-rlhf pretrain

@@ -83,10 +83,12 @@ def connect_ray() -> None:
     enough logical CPUs for the generators, scorers and the training group to coexist."""
     if ray.is_initialized():
         return
-    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env)
+        # A submitted job already has its runtime env (deploy/runtime_env.yaml); a second one
+        # here would conflict with it.
+        ray.init()
     else:
+        env = {"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
         ray.init(num_cpus=max(6, os.cpu_count() or 1), include_dashboard=False, runtime_env=env)
 
 
