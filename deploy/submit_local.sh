@@ -25,6 +25,11 @@ for attempt in $(seq 1 30); do
   sleep 3
 done
 ray job logs --address "$address" --follow "$id"
-status=$(ray job status --address "$address" "$id" 2>&1)
-echo "$status" | grep -i "status for job"
-echo "$status" | grep -q SUCCEEDED
+python - "$address" "$id" <<'PY'
+import sys
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+status = JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2])
+print(f"job {sys.argv[2]}: {status}")
+sys.exit(0 if status == JobStatus.SUCCEEDED else 1)
+PY
