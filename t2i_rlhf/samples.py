@@ -7,6 +7,8 @@ version that made it, the reward-model version that scored it, its reward and it
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -52,3 +54,21 @@ def validate_batch(batch: pa.RecordBatch | pa.Table) -> None:
         got = batch.schema.field(f.name).type
         if got != f.type:
             raise ValueError(f"sample column {f.name!r} has type {got}, expected {f.type}")
+
+
+def parquet_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Parquet files named directly or found under directories (recursively), sorted and
+    absolute; names starting with '_' or '.' (in-flight writes, markers) are skipped, as
+    pyarrow's dataset reader skips them. A clear FileNotFoundError if there are none."""
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(f for f in item.rglob("*.parquet") if not f.name.startswith(("_", ".")))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"no Parquet file or directory at {item}")
+    if not files:
+        raise FileNotFoundError(f"no .parquet files under {[str(p) for p in items]}")
+    return [f.resolve() for f in files]

@@ -86,7 +86,7 @@ def test_skips_and_unlabelled_samples_are_ignored(tmp_path):
         assert data.prompts == ["a red circle", "a circle in the forest", "one triangle"]
         np.testing.assert_allclose(data.labels, [1.0, 0.0, 2 / 3], rtol=1e-6)
         assert data.images[0].shape == (32, 32, 3) and data.images[0].dtype == np.uint8
-    with pytest.raises(FileNotFoundError, match="no labelled data"):
+    with pytest.raises(FileNotFoundError, match="no Parquet file or directory"):
         read_labelled(tmp_path / "nope")
 
 

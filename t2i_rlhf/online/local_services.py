@@ -33,6 +33,15 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "t2i_rlhf.services", *args]
 
 
+def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if the child has not exited within `grace_s`."""
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    if proc.poll() is None:
+        proc.kill()
+
+
 def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,11 +70,7 @@ def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
         log.info("feedback service on %s (db %s; labelling page %s/)", url, db_path, url)
         yield url
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -82,11 +87,7 @@ def simulated_labellers(url: str, token: str, workers: int, noise: float, seed: 
     try:
         yield proc
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
 
 
 def tokens(run_dir: Path, admin_env: str, labeller_env: str) -> tuple[str, str]:

@@ -28,26 +28,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from t2i_rlhf.samples import parquet_files
+
 log = logging.getLogger(__name__)
 
 MODEL_COLUMNS = ["latents", "latent_shape", "prompt"]
 PRETRAIN_COLUMNS = ["latents", "latent_shape", "caption"]
-
-
-def parquet_files(paths: str | Path | list[str | Path]) -> list[Path]:
-    """Parquet files named directly or found under directories, sorted; a clear error if none."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    files: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            files += sorted(item.rglob("*.parquet"))
-        elif item.exists():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"no Parquet file or directory at {item}")
-    if not files:
-        raise FileNotFoundError(f"no .parquet files under {[str(p) for p in items]}")
-    return [f.resolve() for f in files]
 
 
 def count_scored(files: list[Path], column: str) -> int:

@@ -16,12 +16,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from t2i_rlhf.model_version import ModelManifest
+from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import (
     count_rows,
     count_scored,
     model_samples_dataset,
-    parquet_files,
     pretrain_dataset,
     pretrain_latent_files,
 )

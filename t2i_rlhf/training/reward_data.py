@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from t2i_rlhf.samples import decode_png
+from t2i_rlhf.samples import decode_png, parquet_files
 from t2i_rlhf.shapes.prompts import is_heldout, parse_prompt, perturb, prompts_with_template
 
 log = logging.getLogger(__name__)
@@ -45,22 +45,6 @@ class LabelledSet:
     def subset(self, mask: np.ndarray) -> LabelledSet:
         idx = np.flatnonzero(mask)
         return LabelledSet([self.images[i] for i in idx], [self.prompts[i] for i in idx], self.labels[idx])
-
-
-def parquet_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Parquet files under the given files / directories (recursively), sorted."""
-    items = [paths] if isinstance(paths, str | Path) else list(paths)
-    files: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            files += sorted(item.rglob("*.parquet"))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"no labelled data at {item}")
-    if not files:
-        raise FileNotFoundError(f"no .parquet files under {[str(p) for p in items]}")
-    return files
 
 
 def read_labelled(data: LabelledData) -> LabelledSet:
