@@ -29,11 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.services.client import FeedbackClient
-from t2i_rlhf.services.testing import free_port
+from t2i_rlhf.services.testing import free_port, wait_healthy
 from t2i_rlhf.shapes import parse_prompt, render
 
 logger = logging.getLogger("bench_feedback_load")
@@ -68,17 +66,8 @@ def start_server(db: Path, port: int, synchronous: str) -> subprocess.Popen:
         str(64 << 20),
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited during start-up")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/v1/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    wait_healthy(f"http://{HOST}:{port}", 60, proc)
+    return proc
 
 
 class Conn:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from t2i_rlhf.services.client import FeedbackClient
-from t2i_rlhf.services.testing import demo_tasks, free_port
+from t2i_rlhf.services.testing import demo_tasks, free_port, wait_healthy
 
 ADMIN, LAB = "admin-token-durable", "labeller-token-durable"
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +41,8 @@ def _start(db: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become healthy in 60 s")
+    wait_healthy(f"http://127.0.0.1:{port}", 60, proc)
+    return proc
 
 
 def test_acknowledged_labels_survive_kill_9(tmp_path: Path) -> None:

@@ -12,13 +12,10 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
-from t2i_rlhf.services.testing import free_port
+from t2i_rlhf.services.testing import free_port, wait_healthy
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +39,6 @@ def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
         proc.kill()
 
 
-def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"feedback service at {url} did not become healthy in {timeout_s:.0f} s")
-
-
 @contextlib.contextmanager
 def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
                            log_path: Path) -> Iterator[str]:
@@ -66,7 +53,7 @@ def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
                                      "--db", str(db_path)),
                                 env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     try:
-        wait_healthy(url)
+        wait_healthy(url, 60.0, proc)
         log.info("feedback service on %s (db %s; labelling page %s/)", url, db_path, url)
         yield url
     finally:
