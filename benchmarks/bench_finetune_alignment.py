@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from t2i_rlhf.evaluation import evaluate_model, load_pipeline
-from t2i_rlhf.models.pretrain import tensor_to_images
+from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
@@ -52,7 +52,8 @@ def judged_samples(model: Path, n: int, out: Path, steps: int, guidance: float, 
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         latents = pipe([p.text for p in chunk], num_inference_steps=steps, guidance_scale=guidance,
                        generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent").images
-        images = tensor_to_images(pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample)
+        images = decode_latents(pipe.vae, latents)
+        latents = encode_images(pipe.vae, images)  # as the generator actors store them
         for p, s, lat, img in zip(chunk, seeds, latents, images, strict=True):
             good = float(judge(img, p).good)
             rows.append({

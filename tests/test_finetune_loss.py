@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import micro_batches
 from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
-from t2i_rlhf.training.finetune_worker import amp_dtype, steps_for
+from t2i_rlhf.training.finetune_worker import amp_dtype, drop_captions, steps_for
 
 
 def test_loss_matches_hand_computed_value():
@@ -110,6 +110,17 @@ def test_config_batches_hash_and_strictness():
         FinetuneConfig(batch_size=1, beta=1.0)
     assert amp_dtype("auto", torch.device("cpu")) is None
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(ValidationError, match="caption_dropout"):
+        FinetuneConfig(caption_dropout=1.0)
+
+
+def test_caption_dropout_blanks_pretraining_captions_at_its_rate():
+    captions = [f"caption {i}" for i in range(2000)]
+    assert drop_captions(captions, 0.0, torch.Generator().manual_seed(0)) == captions
+    dropped = drop_captions(captions, 0.1, torch.Generator().manual_seed(0))
+    assert all(d in ("", c) for d, c in zip(dropped, captions, strict=True))
+    assert 0.08 < dropped.count("") / len(captions) < 0.12
+    assert dropped == drop_captions(captions, 0.1, torch.Generator().manual_seed(0))  # resumable
 
 
 class FakeShard:

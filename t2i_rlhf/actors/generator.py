@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from t2i_rlhf.model_version import BASE_VERSION, MANIFEST, read_manifest
+from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import parse_prompt
 
@@ -137,7 +138,9 @@ class Generator:
 
     @torch.inference_mode()
     def _run_pipeline(self, items: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-        """x0 latents (as the UNet sees them, i.e. scaled) and uint8 images for one chunk."""
+        """Scaled x0 latents and uint8 images for one chunk. The latents are the VAE encoding of
+        the decoded image (see models/latents.py): what is judged and labelled is the image, so
+        that is what fine-tuning learns from, exactly as pre-training data is encoded."""
         cfg = self.config
         prompts = [p for p, _ in items]
         generators = [torch.Generator("cpu").manual_seed(int(s)) for _, s in items]
@@ -145,11 +148,8 @@ class Generator:
             prompts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
             height=cfg.height, width=cfg.width, generator=generators, output_type="latent",
         )
-        latents = out.images
-        vae = self.pipe.vae
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        images = self.pipe.image_processor.postprocess(decoded, output_type="np")  # float in [0, 1]
-        images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+        images = decode_latents(self.pipe.vae, out.images)
+        latents = encode_images(self.pipe.vae, images)
         return latents.float().cpu().numpy(), images
 
     def _to_batch(

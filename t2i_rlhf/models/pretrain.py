@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from t2i_rlhf.models import architecture as arch
+from t2i_rlhf.models.latents import encode_images, images_to_tensor, tensor_to_images
 from t2i_rlhf.models.tokenizer import build_char_tokenizer
 from t2i_rlhf.shapes.captions import make_example
 from t2i_rlhf.shapes.judge import judge
@@ -45,16 +46,6 @@ class PretrainConfig:
     batch: int = 64
     seed: int = 0
     threads: int = 2
-
-
-def images_to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 images -> float NCHW in [-1, 1], the range SD's VAE works in."""
-    arr = np.stack(list(images)).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def examples(first_seed: int, n: int) -> list[dict]:
@@ -210,8 +201,7 @@ def cache_latents(vae, n: int, first_seed: int, batch: int = 500) -> tuple[torch
     latents, captions = [], []
     for start in tqdm(range(0, n, batch), desc="encode latents", mininterval=5):
         ex = examples(first_seed + start, min(batch, n - start))
-        x = images_to_tensor([e["image"] for e in ex])
-        latents.append(vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
+        latents.append(encode_images(vae, [e["image"] for e in ex]))
         captions += [e["caption"] for e in ex]
     return torch.cat(latents), captions
 

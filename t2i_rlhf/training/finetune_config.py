@@ -24,6 +24,9 @@ class FinetuneConfig(BaseModel):
     reward_source: Literal["reward", "label"] = "reward"  # reward-model score or mean human label
     beta: float = Field(1.0, ge=0.0)  # weight of the pre-training (NLL) term; 0 turns it off
     model_fraction: float = Field(0.5, gt=0.0, le=1.0)  # share of each batch from model samples
+    # pre-training captions replaced by "" as in the base model's own pre-training, so that the
+    # unconditional prediction classifier-free guidance subtracts stays anchored to the base's
+    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     # --- what is trained ---
     lora: bool = False  # False: the whole UNet; True: a peft LoRA adapter on its attention

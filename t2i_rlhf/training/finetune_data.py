@@ -89,12 +89,11 @@ class VaeEncoder:
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from t2i_rlhf.models.pretrain import images_to_tensor
+        from t2i_rlhf.models.latents import encode_images
         from t2i_rlhf.samples import decode_png
 
         images = [decode_png(b) for b in batch.column("image").to_pylist()]
-        lat = self.vae.encode(images_to_tensor(images)).latent_dist.mode() * self.vae.config.scaling_factor
-        lat = lat.float().numpy()
+        lat = encode_images(self.vae, images).float().numpy()
         shape = list(lat.shape[1:])
         return pa.table({
             "latents": pa.array(list(lat.reshape(len(lat), -1)), type=pa.list_(pa.float32())),

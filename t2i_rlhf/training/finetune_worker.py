@@ -79,7 +79,7 @@ class Finetuner:
         latents, texts = [batch_latents(model)], list(model["prompt"])
         if pretrain is not None:
             latents.append(batch_latents(pretrain))
-            texts += list(pretrain["caption"])
+            texts += drop_captions(list(pretrain["caption"]), cfg.caption_dropout, gen)
         x0 = torch.cat(latents).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         steps = self.scheduler.config.num_train_timesteps
@@ -117,6 +117,12 @@ class Finetuner:
         self.optimizer.zero_grad(set_to_none=True)
         totals["lr"] = lr
         return totals
+
+
+def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[str]:
+    """Each caption replaced by "" with probability p (classifier-free guidance's dropout)."""
+    drop = (torch.rand(len(captions), generator=gen) < p).tolist()
+    return ["" if d else c for c, d in zip(captions, drop, strict=True)]
 
 
 def reward_column(cfg: FinetuneConfig) -> str:
