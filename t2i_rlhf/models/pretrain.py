@@ -41,7 +41,7 @@ class PretrainConfig:
     work: Path = Path("runs/pretrain")
     vae_steps: int = 1300
     clip_steps: int = 800
-    unet_steps: int = 2500
+    unet_steps: int = 5000
     unet_examples: int = 50_000
     batch: int = 64
     seed: int = 0
