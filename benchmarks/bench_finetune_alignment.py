@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--gen-steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--beta", type=float, default=1.0, help="the beta > 0 arm")
+    ap.add_argument("--only-beta", action="store_true", help="skip the beta = 0 arm")
+    ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
+    ap.add_argument("--split", choices=["heldout", "train"], default="heldout", help="evaluation prompts")
     ap.add_argument("--epochs", type=float, default=4.0)
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -96,12 +99,12 @@ def main() -> None:
     if not pretrain.exists():
         write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000)
 
-    models = {"base": model}
-    for beta in (0.0, args.beta):
+    models = {} if args.skip_base else {"base": model}
+    for beta in (args.beta,) if args.only_beta else (0.0, args.beta):
         cfg = FinetuneConfig(beta=beta, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                              lr=args.lr, lora=args.lora, num_workers=args.workers,
                              threads_per_worker=args.threads, latent_cache=out / "cache", checkpoint_every=100)
-        name = f"beta{beta:g}"
+        name = f"beta{beta:g}" + ("-lora" if args.lora else "")
         manifest = finetune_round(cfg, samples, pretrain, model, out / "versions" / name, round=1,
                                   version=f"bench-{name}-{cfg.config_hash()[:6]}", storage_path=out / "ray")
         log.info("%s: %d steps, final metrics %s", name, manifest.steps, manifest.metrics)
@@ -109,7 +112,7 @@ def main() -> None:
 
     results = {}
     for name, path in models.items():
-        r = evaluate_model(path, args.clip, out / "eval" / name, per_category=args.per_category,
+        r = evaluate_model(path, args.clip, out / "eval" / name, per_category=args.per_category, split=args.split,
                            steps=args.gen_steps, guidance=args.guidance, threads=args.threads)
         results[name] = r.to_dict()
         print(r.table(), "\n")

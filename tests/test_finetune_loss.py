@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import micro_batches
 from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
+from t2i_rlhf.training.finetune_trainer import cpus_needed
 from t2i_rlhf.training.finetune_worker import amp_dtype, drop_captions, steps_for
 
 
@@ -112,6 +113,12 @@ def test_config_batches_hash_and_strictness():
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValidationError, match="caption_dropout"):
         FinetuneConfig(caption_dropout=1.0)
+
+
+def test_a_round_reserves_a_cpu_for_ray_data_beyond_the_workers():
+    assert cpus_needed(FinetuneConfig(threads_per_worker=2)) == 3
+    assert cpus_needed(FinetuneConfig(num_workers=2, threads_per_worker=1)) == 3
+    assert cpus_needed(FinetuneConfig(use_gpu=True, resources_per_worker={"CPU": 4, "GPU": 1})) == 5
 
 
 def test_caption_dropout_blanks_pretraining_captions_at_its_rate():

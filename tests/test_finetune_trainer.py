@@ -61,6 +61,40 @@ def test_full_unet_version_exports_and_materialises(tmp_path, sd_model_dir):
     assert resolve_base(tmp_path / "v").parent_kind == "unet"
 
 
+def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model_dir):
+    """Without Ray: with ema_decay the checkpoint keeps the trained weights (to resume from) and
+    their average under ema/ (what the version exports); the EMA state survives a resume."""
+    from safetensors.torch import load_file
+
+    from t2i_rlhf.model_version import ModelManifest
+    from t2i_rlhf.training.finetune_worker import Finetuner
+
+    cfg = FinetuneConfig(ema_decay=0.5, lr=1e-3, beta=0.0, batch_size=2)
+    start = resolve_base(sd_model_dir)
+    tuner = Finetuner(cfg, start, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    batch = {"latents": list(rng.standard_normal((2, 4 * 16 * 16)).astype(np.float32)),
+             "latent_shape": [[4, 16, 16]] * 2, "prompt": ["two red circles", "a blue square"],
+             "reward": [1.0, 0.5]}
+    for step in range(3):
+        tuner.step(step, [(batch, None)], rank=0)
+    tuner.save_weights(tmp_path / "ckpt")
+    state = tuner.state_dict(3)
+    name = "unet/diffusion_pytorch_model.safetensors"
+    base, raw, ema = (load_file(d / name) for d in (Path(sd_model_dir), tmp_path / "ckpt", tmp_path / "ckpt/ema"))
+    key = "conv_in.weight"
+    assert not torch.equal(raw[key], ema[key]) and not torch.equal(ema[key], base[key])
+    assert (ema[key] - base[key]).norm() < (raw[key] - base[key]).norm()  # the average lags behind
+
+    resumed = Finetuner(cfg, start, torch.device("cpu"), resume_dir=tmp_path / "ckpt")
+    assert resumed.load_state_dict(state) == 3
+    assert torch.equal(dict(resumed.unet.named_parameters())[key].detach(), raw[key])
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema.shadow_params, tuner.ema.shadow_params, strict=True))
+    export_version(tmp_path / "ckpt", tmp_path / "v", ModelManifest(
+        "r0001", 1, "base", 3, "h", kind="unet", base_model=start.pipeline_dir))
+    assert torch.equal(load_file(tmp_path / "v" / name)[key], ema[key])
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two TorchTrainer start-ups; minutes each when the machine is busy

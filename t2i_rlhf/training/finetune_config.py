@@ -44,6 +44,9 @@ class FinetuneConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+    # > 0: the exported version is an exponential moving average of the trained weights, as the
+    # base model itself is; it keeps the optimizer's step-to-step noise out of the model
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU only
     seed: int = 0
 

@@ -22,6 +22,7 @@ from t2i_rlhf.training.finetune_config import FinetuneConfig
 log = logging.getLogger(__name__)
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' name in `lora/`
+EMA_DIR = "ema"  # a checkpoint's averaged weights (FinetuneConfig.ema_decay), in the same layout
 
 
 @dataclass
@@ -111,11 +112,13 @@ def save_weights(unet: UNet2DConditionModel, directory: Path, lora: bool) -> Non
 
 
 def export_version(checkpoint_dir: Path, out_dir: Path, manifest: ModelManifest) -> Path:
-    """Copy a checkpoint's weights into a model version directory with its manifest, atomically
-    (a reader never sees a half-written version)."""
+    """Copy a checkpoint's weights (their EMA if it has one) into a model version directory with
+    its manifest, atomically (a reader never sees a half-written version)."""
     out_dir = Path(out_dir).resolve()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(Path(checkpoint_dir) / manifest.kind, tmp / manifest.kind)
+    averaged = Path(checkpoint_dir) / EMA_DIR / manifest.kind
+    source = averaged if averaged.exists() else Path(checkpoint_dir) / manifest.kind
+    shutil.copytree(source, tmp / manifest.kind)
     write_manifest(tmp, manifest)
     if out_dir.exists():
         shutil.rmtree(out_dir)

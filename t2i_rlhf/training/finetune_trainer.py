@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -62,6 +64,31 @@ def _guard_job(storage: str, name: str, job: dict) -> None:
         f.write(json.dumps(job, indent=2, sort_keys=True).encode())
 
 
+def cpus_needed(cfg: FinetuneConfig) -> int:
+    """Logical CPUs a round needs: the worker group's, plus one for Ray Data to read Parquet
+    (without it the dataset never starts and the workers wait for their first batch forever)."""
+    return math.ceil(cfg.num_workers * cfg.workers_resources.get("CPU", 0.0)) + 1
+
+
+def ensure_ray_for(cfg: FinetuneConfig) -> None:
+    """Start a local Ray instance big enough for the round (ray.init's default, one logical CPU
+    per core, is too small on a 2-core machine), or warn when the cluster joined is too small."""
+    import ray
+
+    need = cpus_needed(cfg)
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False,
+                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if have < need:
+        log.warning("the cluster has %g CPUs; fine-tuning needs %d (%d worker(s) x %g, plus 1 for Ray Data): "
+                    "it will wait until an autoscaler adds them", have, need, cfg.num_workers,
+                    cfg.workers_resources.get("CPU", 0.0))
+
+
 def finetune_round(
     config: FinetuneConfig | dict,
     samples: str | Path | list,
@@ -87,6 +114,7 @@ def finetune_round(
     from ray.train.torch import TorchTrainer
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
+    ensure_ray_for(cfg)
     start = resolve_base(base)
     version = version or f"r{round:04d}"
     name = name or run_name(version)

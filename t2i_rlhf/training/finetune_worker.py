@@ -22,16 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import batch_latents, micro_batches
 from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
-from t2i_rlhf.training.finetune_model import StartingPoint, load_unet, save_weights, unwrap
+from t2i_rlhf.training.finetune_model import EMA_DIR, StartingPoint, load_unet, save_weights, unwrap
 
 log = logging.getLogger(__name__)
 
-TRAIN_STATE = "train_state.pt"  # optimizer + scaler + global step
+TRAIN_STATE = "train_state.pt"  # optimizer + scaler + EMA + global step
 PROGRESS = "progress.json"  # the global step alone, cheap to read for the driver
 
 
@@ -55,15 +56,29 @@ class Finetuner:
         self.amp_dtype = amp_dtype(cfg.mixed_precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.base_lr = self.optimizer.param_groups[0]["lr"]
+        self.ema = EMAModel(self.params, decay=cfg.ema_decay) if cfg.ema_decay else None
 
     def state_dict(self, step: int) -> dict:
         return {"step": step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "config_hash": self.cfg.config_hash()}
+                "ema": self.ema.state_dict() if self.ema else None, "config_hash": self.cfg.config_hash()}
 
     def load_state_dict(self, state: dict) -> int:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         return int(state["step"])
+
+    def save_weights(self, directory: Path) -> None:
+        """The trained weights (what a resume continues from) and, with EMA, their average under
+        `ema/` (what the version exports)."""
+        unet = unwrap(self.unet)
+        save_weights(unet, directory, self.cfg.lora)
+        if self.ema is not None:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+            save_weights(unet, directory / EMA_DIR, self.cfg.lora)
+            self.ema.restore(self.params)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -114,6 +129,8 @@ class Finetuner:
             totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.step(self.params)
         self.optimizer.zero_grad(set_to_none=True)
         totals["lr"] = lr
         return totals
@@ -222,7 +239,7 @@ def _report(metrics: dict, tuner: Finetuner, step: int, rank: int, save: bool) -
     try:
         checkpoint = None
         if tmp is not None:
-            save_weights(unwrap(tuner.unet), tmp, tuner.cfg.lora)
+            tuner.save_weights(tmp)
             torch.save(tuner.state_dict(step), tmp / TRAIN_STATE)
             (tmp / PROGRESS).write_text(json.dumps({"step": step, **metrics}))
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
