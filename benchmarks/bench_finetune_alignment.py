@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--ema-decay", type=float, default=0.0, help="export an EMA of the weights (0: off)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -102,9 +103,10 @@ def main() -> None:
     models = {} if args.skip_base else {"base": model}
     for beta in (args.beta,) if args.only_beta else (0.0, args.beta):
         cfg = FinetuneConfig(beta=beta, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                             lr=args.lr, lora=args.lora, num_workers=args.workers,
+                             lr=args.lr, lora=args.lora, ema_decay=args.ema_decay, num_workers=args.workers,
                              threads_per_worker=args.threads, latent_cache=out / "cache", checkpoint_every=100)
-        name = f"beta{beta:g}" + ("-lora" if args.lora else "")
+        name = f"beta{beta:g}-lr{args.lr:g}" + ("-lora" if args.lora else "") + (
+            f"-ema{args.ema_decay:g}" if args.ema_decay else "")
         manifest = finetune_round(cfg, samples, pretrain, model, out / "versions" / name, round=1,
                                   version=f"bench-{name}-{cfg.config_hash()[:6]}", storage_path=out / "ray")
         log.info("%s: %d steps, final metrics %s", name, manifest.steps, manifest.metrics)
