@@ -114,7 +114,6 @@ def finetune_round(
     from ray.train.torch import TorchTrainer
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
-    ensure_ray_for(cfg)
     start = resolve_base(base)
     version = version or f"r{round:04d}"
     name = name or run_name(version)
@@ -127,6 +126,7 @@ def finetune_round(
     if model_rows < cfg.model_batch:
         raise ValueError(f"{n_model} samples with a {column!r} over {cfg.num_workers} worker(s) is less "
                          f"than one micro-batch of {cfg.model_batch} model samples per worker")
+    ensure_ray_for(cfg)  # after the cheap checks: a bad input fails before Ray starts
     datasets = {"model": model_samples_dataset(sample_files, column)}
     pre_rows, pre_files = 0, []
     if cfg.uses_pretrain:
