@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--per-category", type=int, default=96, help="held-out evaluation images per category")
     ap.add_argument("--gen-steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--sample-guidance", type=float, help="guidance of the training samples (default: --guidance)")
     ap.add_argument("--beta", type=float, default=1.0, help="the beta > 0 arm")
     ap.add_argument("--only-beta", action="store_true", help="skip the beta = 0 arm")
     ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
@@ -95,7 +96,8 @@ def main() -> None:
     out = args.out.resolve()
     model = args.model.resolve()
 
-    samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps, args.guidance)
+    samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps,
+                             args.sample_guidance or args.guidance)
     pretrain = out / "pretrain"
     if not pretrain.exists():
         write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000)
