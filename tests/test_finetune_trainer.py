@@ -78,7 +78,7 @@ def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model
              "reward": [1.0, 0.5]}
     for step in range(3):
         tuner.step(step, [(batch, None)], rank=0)
-    tuner.save_weights(tmp_path / "ckpt")
+    tuner.write_checkpoint_weights(tmp_path / "ckpt")
     state = tuner.state_dict(3)
     name = "unet/diffusion_pytorch_model.safetensors"
     base, raw, ema = (load_file(d / name) for d in (Path(sd_model_dir), tmp_path / "ckpt", tmp_path / "ckpt/ema"))

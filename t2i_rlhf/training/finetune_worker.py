@@ -69,7 +69,7 @@ class Finetuner:
             self.ema.load_state_dict(state["ema"])
         return int(state["step"])
 
-    def save_weights(self, directory: Path) -> None:
+    def write_checkpoint_weights(self, directory: Path) -> None:
         """The trained weights (what a resume continues from) and, with EMA, their average under
         `ema/` (what the version exports)."""
         unet = unwrap(self.unet)
@@ -239,7 +239,7 @@ def _report(metrics: dict, tuner: Finetuner, step: int, rank: int, save: bool) -
     try:
         checkpoint = None
         if tmp is not None:
-            tuner.save_weights(tmp)
+            tuner.write_checkpoint_weights(tmp)
             torch.save(tuner.state_dict(step), tmp / TRAIN_STATE)
             (tmp / PROGRESS).write_text(json.dumps({"step": step, **metrics}))
             checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
