@@ -30,6 +30,7 @@ from t2i_rlhf.evaluation import evaluate_model, load_pipeline
 from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
+from t2i_rlhf.shapes.render import render
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_model import materialize_pipeline
@@ -68,6 +69,29 @@ def judged_samples(model: Path, n: int, out: Path, steps: int, guidance: float, 
     return out
 
 
+def rendered_samples(n: int, out: Path, vae_dir: Path, seed: int = 0) -> Path:
+    """The upper bound of what reward-weighted fine-tuning can teach: training prompts' own
+    renders (what a perfect generator would draw), each with r = 1, in SAMPLE_SCHEMA."""
+    if out.exists():
+        return out
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir / "vae").eval()
+    prompts = sample_prompts(n, split="train", seed=seed)
+    seeds = [seed * 1_000_003 + i for i in range(n)]
+    images = np.stack([render(p, s) for p, s in zip(prompts, seeds, strict=True)])
+    latents = encode_images(vae, images)
+    rows = [{
+        "sample_id": f"render-{s}", "round": 0, "prompt": p.text, "category": p.category, "seed": s,
+        "model_version": "renderer", "image": png_bytes(img), "latents": lat.flatten().float().numpy(),
+        "latent_shape": list(lat.shape), "reward": 1.0, "reward_model_version": "oracle-judge",
+        "label": 1.0, "n_labels": 1,
+    } for p, s, lat, img in zip(prompts, seeds, latents, images, strict=True)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=Path("models/shapes-sd"))
@@ -79,6 +103,8 @@ def main() -> None:
     ap.add_argument("--gen-steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--sample-guidance", type=float, help="guidance of the training samples (default: --guidance)")
+    ap.add_argument("--train-data", choices=["samples", "renders"], default="samples",
+                    help="base-model samples judged by the oracle, or renders with r = 1 (the upper bound)")
     ap.add_argument("--beta", type=float, default=1.0, help="the beta > 0 arm")
     ap.add_argument("--only-beta", action="store_true", help="skip the beta = 0 arm")
     ap.add_argument("--skip-base", action="store_true", help="do not re-evaluate the base model")
@@ -96,8 +122,11 @@ def main() -> None:
     out = args.out.resolve()
     model = args.model.resolve()
 
-    samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps,
-                             args.sample_guidance or args.guidance)
+    if args.train_data == "renders":
+        samples = rendered_samples(args.train_samples, out / "renders.parquet", model)
+    else:
+        samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps,
+                                 args.sample_guidance or args.guidance)
     pretrain = out / "pretrain"
     if not pretrain.exists():
         write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000)

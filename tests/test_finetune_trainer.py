@@ -136,3 +136,22 @@ def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir,
     # The version merges into a full pipeline that from_pretrained loads and that generates.
     images = _generate(materialize_pipeline(tmp_path / "r0001", tmp_path / "merged"))
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_ema_averages_with_its_decay_from_the_first_step(sd_model_dir):
+    """The exported average must damp the optimizer's noise from step one: after one step it is
+    decay·parent + (1 − decay)·trained (diffusers' default would ramp the decay up from 0.1)."""
+    from t2i_rlhf.training.finetune_worker import Finetuner
+
+    cfg = FinetuneConfig(ema_decay=0.9, lr=1e-3, beta=0.0, batch_size=2)
+    tuner = Finetuner(cfg, resolve_base(sd_model_dir), torch.device("cpu"))
+    parent = [p.detach().clone() for p in tuner.params]
+    batch = {"latents": list(np.random.default_rng(0).standard_normal((2, 4 * 16 * 16)).astype(np.float32)),
+             "latent_shape": [[4, 16, 16]] * 2, "prompt": ["two red circles", "a blue square"],
+             "reward": [1.0, 1.0]}
+    tuner.step(0, [(batch, None)], rank=0)
+    moved = 0
+    for p0, p1, avg in zip(parent, tuner.params, tuner.ema.shadow_params, strict=True):
+        torch.testing.assert_close(avg, 0.9 * p0 + 0.1 * p1.detach())
+        moved += int(not torch.equal(p0, p1.detach()))
+    assert moved > 0

@@ -44,8 +44,11 @@ class FinetuneConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
-    # > 0: the exported version is an exponential moving average of the trained weights, as the
-    # base model itself is; it keeps the optimizer's step-to-step noise out of the model
+    # > 0: the exported version is an exponential moving average of the trained weights, started
+    # at the parent's. A base model released as an EMA (SD, shapes-sd) sits below the noise floor
+    # of raw optimizer steps: measured on shapes-sd, 32 raw steps at lr 2e-5 raise its denoising
+    # loss on held-out renders by 4% (to the raw pre-training weights' level) and an EMA of 0.98
+    # keeps it within 0.2%. Leave it off only at learning rates too small to add that noise.
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU only
     seed: int = 0

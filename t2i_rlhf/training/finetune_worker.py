@@ -56,7 +56,14 @@ class Finetuner:
         self.amp_dtype = amp_dtype(cfg.mixed_precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.base_lr = self.optimizer.param_groups[0]["lr"]
-        self.ema = EMAModel(self.params, decay=cfg.ema_decay) if cfg.ema_decay else None
+        self.ema = None
+        if cfg.ema_decay:
+            # a fixed decay (min_decay = decay): diffusers' default ramps it as (1+n)/(10+n), so
+            # over a round of a few hundred steps the "average" would track the raw weights and
+            # their step-to-step noise, which is what it is there to remove. Its first step copies
+            # the weights: take that step now, on the parent's, so the average starts there.
+            self.ema = EMAModel(self.params, decay=cfg.ema_decay, min_decay=cfg.ema_decay)
+            self.ema.step(self.params)
 
     def state_dict(self, step: int) -> dict:
         return {"step": step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
