@@ -30,8 +30,8 @@ from t2i_rlhf.evaluation import evaluate_model, load_pipeline
 from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
-from t2i_rlhf.shapes.render import render
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
+from t2i_rlhf.shapes.render import render
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_model import materialize_pipeline
 from t2i_rlhf.training.finetune_trainer import finetune_round
