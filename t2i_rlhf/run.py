@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from t2i_rlhf.actors.rollout import start_actors
 from t2i_rlhf.config import ExperimentConfig
@@ -24,6 +22,7 @@ from t2i_rlhf.online import steps
 from t2i_rlhf.online.local_services import local_feedback_service, simulated_labellers, tokens
 from t2i_rlhf.online.report import paper_table, write_metrics, write_report
 from t2i_rlhf.online.state import RunState, StateStore
+from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.services.client import FeedbackClient
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
 
@@ -79,17 +78,9 @@ def run_round(d: Driver, k: int, pretrain_data: str) -> None:
 
 
 def connect_ray() -> None:
-    """Join the cluster a job was submitted to (RAY_ADDRESS), else start a local instance with
-    enough logical CPUs for the generators, scorers and the training group to coexist."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        # A submitted job already has its runtime env (deploy/runtime_env.yaml); a second one
-        # here would conflict with it.
-        ray.init()
-    else:
-        env = {"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-        ray.init(num_cpus=max(6, os.cpu_count() or 1), include_dashboard=False, runtime_env=env)
+    """Join the cluster a job was submitted to, else start a local instance with enough logical
+    CPUs for the generators, scorers and the training group to coexist."""
+    init_ray(min_cpus=6)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from t2i_rlhf.actors.rollout import run_generation_round, start_actors
     from t2i_rlhf.actors.scorer import judge_reward
     from t2i_rlhf.model_version import read_manifest
+    from t2i_rlhf.ray_runtime import init_ray
     from t2i_rlhf.shapes import sample_prompts
 
     if args.prompt_file:
@@ -50,12 +50,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = {"judge": judge_reward, "none": None}.get(args.scorer, args.scorer)
     config = GenerationConfig(**{n: getattr(args, n) for n in (
         "steps", "guidance_scale", "batch_size", "num_cpus", "num_gpus", "torch_threads")})
-    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env)
-    else:
-        ray.init(num_cpus=max(args.generators + args.scorers, os.cpu_count() or 1),
-                 include_dashboard=False, runtime_env=env)
+    init_ray(min_cpus=args.generators + args.scorers)
     actors = start_actors(
         args.model, args.storage, n_generators=args.generators, config=config, scorer_model=scorer,
         scorer_version="judge" if args.scorer == "judge" else None, n_scorers=args.scorers,

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from t2i_rlhf.model_version import ModelManifest
+from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import (
@@ -76,12 +76,7 @@ def ensure_ray_for(cfg: FinetuneConfig) -> None:
     import ray
 
     need = cpus_needed(cfg)
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-        else:
-            ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False,
-                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    init_ray(need)
     have = ray.cluster_resources().get("CPU", 0.0)
     if have < need:
         log.warning("the cluster has %g CPUs; fine-tuning needs %d (%d worker(s) x %g, plus 1 for Ray Data): "

@@ -1,0 +1,29 @@
+"""How every entrypoint gets its Ray: join the cluster a job runs on, or start a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# what a local instance's workers need: no hub, and one BLAS thread each (the actors and the
+# training workers set their own torch thread counts)
+LOCAL_ENV_VARS = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def init_ray(min_cpus: int = 1) -> None:
+    """Join the cluster named by RAY_ADDRESS (a submitted job: it already has its runtime env,
+    and a second one would conflict), else start a local instance with at least `min_cpus`
+    logical CPUs, since ray.init's default of one per core is too few on a small machine for
+    actors, a training group and Ray Data to coexist. A no-op when Ray is already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    cpus = max(min_cpus, os.cpu_count() or 1)
+    log.info("starting a local Ray instance with %d logical CPUs", cpus)
+    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": LOCAL_ENV_VARS})
