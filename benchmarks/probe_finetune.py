@@ -54,7 +54,7 @@ def render_loss(tuner: Finetuner, x0: torch.Tensor, emb: torch.Tensor, noise: to
 
 
 @torch.no_grad()
-def count_classifier(tuner: Finetuner, vae, per_prompt: int = 8) -> dict[str, float]:
+def count_classifier(tuner: Finetuner, vae, per_prompt: int = 32) -> dict[str, float]:
     """Diffusion-classifier accuracy on counts: argmin over count words of the summed loss."""
     prompts = [p for p in category_prompts("count", "all") for _ in range(per_prompt)]
     x0 = encode_images(vae, np.stack([render(p, 500 + i) for i, p in enumerate(prompts)]))
