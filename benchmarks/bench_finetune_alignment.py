@@ -69,14 +69,14 @@ def judged_samples(model: Path, n: int, out: Path, steps: int, guidance: float, 
     return out
 
 
-def rendered_samples(n: int, out: Path, vae_dir: Path, seed: int = 0) -> Path:
+def rendered_samples(n: int, out: Path, pipeline_dir: Path, seed: int = 0) -> Path:
     """The upper bound of what reward-weighted fine-tuning can teach: training prompts' own
     renders (what a perfect generator would draw), each with r = 1, in SAMPLE_SCHEMA."""
     if out.exists():
         return out
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_dir / "vae").eval()
+    vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").eval()
     prompts = sample_prompts(n, split="train", seed=seed)
     seeds = [seed * 1_000_003 + i for i in range(n)]
     images = np.stack([render(p, s) for p, s in zip(prompts, seeds, strict=True)])
