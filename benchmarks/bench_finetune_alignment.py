@@ -56,15 +56,8 @@ def judged_samples(model: Path, n: int, out: Path, steps: int, guidance: float, 
         images = decode_latents(pipe.vae, latents)
         latents = encode_images(pipe.vae, images)  # as the generator actors store them
         for p, s, lat, img in zip(chunk, seeds, latents, images, strict=True):
-            good = float(judge(img, p).good)
-            rows.append({
-                "sample_id": f"bench-{s}", "round": 0, "prompt": p.text, "category": p.category, "seed": s,
-                "model_version": "base", "image": png_bytes(img), "latents": lat.flatten().float().numpy(),
-                "latent_shape": list(lat.shape), "reward": good, "reward_model_version": "oracle-judge",
-                "label": good, "n_labels": 1,
-            })
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), out)
+            rows.append(sample_row(f"bench-{s}", "base", p, s, img, lat, float(judge(img, p).good)))
+    write_samples(rows, out)
     log.info("%d base samples, %.1f%% judged good", n, 100 * np.mean([r["reward"] for r in rows]))
     return out
 
@@ -81,15 +74,25 @@ def rendered_samples(n: int, out: Path, pipeline_dir: Path, seed: int = 0) -> Pa
     seeds = [seed * 1_000_003 + i for i in range(n)]
     images = np.stack([render(p, s) for p, s in zip(prompts, seeds, strict=True)])
     latents = encode_images(vae, images)
-    rows = [{
-        "sample_id": f"render-{s}", "round": 0, "prompt": p.text, "category": p.category, "seed": s,
-        "model_version": "renderer", "image": png_bytes(img), "latents": lat.flatten().float().numpy(),
-        "latent_shape": list(lat.shape), "reward": 1.0, "reward_model_version": "oracle-judge",
-        "label": 1.0, "n_labels": 1,
-    } for p, s, lat, img in zip(prompts, seeds, latents, images, strict=True)]
+    write_samples([sample_row(f"render-{s}", "renderer", p, s, img, lat, 1.0)
+                   for p, s, lat, img in zip(prompts, seeds, latents, images, strict=True)], out)
+    return out
+
+
+def sample_row(sample_id: str, source: str, prompt, seed: int, image: np.ndarray, latent: torch.Tensor,
+               r: float) -> dict:
+    """One SAMPLE_SCHEMA row whose reward and label are both the oracle's r."""
+    return {
+        "sample_id": sample_id, "round": 0, "prompt": prompt.text, "category": prompt.category, "seed": seed,
+        "model_version": source, "image": png_bytes(image), "latents": latent.flatten().float().numpy(),
+        "latent_shape": list(latent.shape), "reward": r, "reward_model_version": "oracle-judge",
+        "label": r, "n_labels": 1,
+    }
+
+
+def write_samples(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), out)
-    return out
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from t2i_rlhf.shapes import sample_prompts
 from t2i_rlhf.shapes.prompts import category_prompts, format_caption, is_heldout
 from t2i_rlhf.shapes.render import render
 from t2i_rlhf.training.finetune_config import FinetuneConfig
+from t2i_rlhf.training.finetune_loss import denoising_errors
 from t2i_rlhf.training.finetune_model import StartingPoint
 from t2i_rlhf.training.finetune_worker import Finetuner
 
@@ -44,13 +45,14 @@ TIMESTEPS = (50, 200, 450, 800)
 def render_loss(tuner: Finetuner, x0: torch.Tensor, emb: torch.Tensor, noise: torch.Tensor) -> list[float]:
     """Mean ‖ε − ε_θ‖² over the renders at each of TIMESTEPS."""
     tuner.unet.eval()
-    out = []
-    for i, t in enumerate(TIMESTEPS):
-        ts = torch.full((len(x0),), t)
-        pred = tuner.unet(tuner.scheduler.add_noise(x0, noise[i], ts), ts, encoder_hidden_states=emb).sample
-        out.append(float((pred - noise[i]).pow(2).mean()))
+    out = [float(errors_at(tuner, x0, emb, noise[i], t).mean()) for i, t in enumerate(TIMESTEPS)]
     tuner.unet.train()
     return out
+
+
+def errors_at(tuner: Finetuner, x0: torch.Tensor, emb: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """Per-example denoising error at one timestep: the training loss's own function."""
+    return denoising_errors(tuner.unet, tuner.scheduler, x0, emb, noise, torch.full((len(x0),), t))
 
 
 @torch.no_grad()
@@ -64,9 +66,7 @@ def count_classifier(tuner: Finetuner, vae, per_prompt: int = 32) -> dict[str, f
     for j, n in enumerate(range(1, 5)):
         emb = tuner.encode_text([format_caption(p.shape, n, True, None, None) for p in prompts])
         for i, t in enumerate(TIMESTEPS):
-            ts = torch.full((len(x0),), t)
-            pred = tuner.unet(tuner.scheduler.add_noise(x0, noise[i], ts), ts, encoder_hidden_states=emb).sample
-            losses[:, j] += (pred - noise[i]).pow(2).flatten(1).mean(1).numpy()
+            losses[:, j] += errors_at(tuner, x0, emb, noise[i], t).numpy()
     right = losses.argmin(1) + 1 == np.array([p.count for p in prompts])
     held = np.array([is_heldout(p) for p in prompts])
     return {"all": right.mean(), "train": right[~held].mean(), "heldout": right[held].mean()}

@@ -77,12 +77,6 @@ def run_round(d: Driver, k: int, pretrain_data: str) -> None:
     write_metrics(ctx.run_dir, d.state)
 
 
-def connect_ray() -> None:
-    """Join the cluster a job was submitted to, else start a local instance with enough logical
-    CPUs for the generators, scorers and the training group to coexist."""
-    init_ray(min_cpus=6)
-
-
 @contextlib.contextmanager
 def feedback_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[FeedbackClient]:
     """The configured feedback service, or one started for the run (with simulated labellers
@@ -118,7 +112,7 @@ def run_experiment(cfg: ExperimentConfig) -> RunState:
     run_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(run_dir)
     state = store.load()
-    connect_ray()
+    init_ray(min_cpus=6)  # local: room for generators, scorers and the training group together
     pretrain_data = ensure_pretrain_data(cfg, run_dir)
     r = cfg.rollout
     actors = start_actors(

@@ -72,10 +72,7 @@ def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model
     cfg = FinetuneConfig(ema_decay=0.5, lr=1e-3, beta=0.0, batch_size=2)
     start = resolve_base(sd_model_dir)
     tuner = Finetuner(cfg, start, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    batch = {"latents": list(rng.standard_normal((2, 4 * 16 * 16)).astype(np.float32)),
-             "latent_shape": [[4, 16, 16]] * 2, "prompt": ["two red circles", "a blue square"],
-             "reward": [1.0, 0.5]}
+    batch = _model_batch([1.0, 0.5])
     for step in range(3):
         tuner.step(step, [(batch, None)], rank=0)
     tuner.write_checkpoint_weights(tmp_path / "ckpt")
@@ -146,12 +143,17 @@ def test_ema_averages_with_its_decay_from_the_first_step(sd_model_dir):
     cfg = FinetuneConfig(ema_decay=0.9, lr=1e-3, beta=0.0, batch_size=2)
     tuner = Finetuner(cfg, resolve_base(sd_model_dir), torch.device("cpu"))
     parent = [p.detach().clone() for p in tuner.params]
-    batch = {"latents": list(np.random.default_rng(0).standard_normal((2, 4 * 16 * 16)).astype(np.float32)),
-             "latent_shape": [[4, 16, 16]] * 2, "prompt": ["two red circles", "a blue square"],
-             "reward": [1.0, 1.0]}
+    batch = _model_batch([1.0, 1.0])
     tuner.step(0, [(batch, None)], rank=0)
     moved = 0
     for p0, p1, avg in zip(parent, tuner.params, tuner.ema.shadow_params, strict=True):
         torch.testing.assert_close(avg, 0.9 * p0 + 0.1 * p1.detach())
         moved += int(not torch.equal(p0, p1.detach()))
     assert moved > 0
+
+
+def _model_batch(rewards: list[float]) -> dict:
+    """A micro-batch of model samples as a worker's shard yields it: random latents, two prompts."""
+    latents = np.random.default_rng(0).standard_normal((len(rewards), 4 * 16 * 16)).astype(np.float32)
+    return {"latents": list(latents), "latent_shape": [[4, 16, 16]] * len(rewards),
+            "prompt": ["two red circles", "a blue square"][: len(rewards)], "reward": rewards}
