@@ -7,7 +7,8 @@ picks up where it stopped:
   2. clip - the shapes-CLIP dual encoder, contrastive on the noisy captions.
   3. unet - UNet + text encoder (initialised from shapes-CLIP's text tower, as SD uses CLIP's)
             on cached VAE latents of the noisy-caption data, with caption dropout for
-            classifier-free guidance and an EMA of the weights.
+            classifier-free guidance and an EMA of the weights: first with SD's ε-prediction
+            schedule, then moved to v-prediction with zero terminal SNR (Lin et al. 2024).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class PretrainConfig:
     vae_steps: int = 1300
     clip_steps: int = 800
     unet_steps: int = 5000
+    unet_vsnr_steps: int = 3000  # then v-prediction with zero terminal SNR
     unet_examples: int = 50_000
     batch: int = 64
     seed: int = 0
@@ -206,9 +208,38 @@ def cache_latents(vae, n: int, first_seed: int, batch: int = 500) -> tuple[torch
     return torch.cat(latents), captions
 
 
+@dataclass(frozen=True)
+class UnetPhase:
+    """One phase of UNet training, checkpointed on its own; a later phase starts from the EMA
+    weights of the one before, as SD 2 was moved to v-prediction by fine-tuning."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    zero_snr: bool
+
+
+def unet_phases(cfg: PretrainConfig) -> tuple[UnetPhase, ...]:
+    return (
+        UnetPhase("unet", cfg.unet_steps, 3e-4, 200, zero_snr=False),
+        UnetPhase("unet-vsnr", cfg.unet_vsnr_steps, 1e-4, 100, zero_snr=True),
+    )
+
+
+def load_ema_weights(path: Path, params: list[torch.nn.Parameter]) -> None:
+    """Copy a phase checkpoint's EMA weights into `params` (same order as when it was saved)."""
+    shadow = torch.load(path, map_location="cpu", weights_only=False)["ema"]["shadow_params"]
+    with torch.no_grad():
+        for p, s in zip(params, shadow, strict=True):
+            p.copy_(s)
+
+
 def pretrain_unet(cfg: PretrainConfig) -> Path:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
+
+    from t2i_rlhf.training.finetune_loss import denoising_target
 
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL.from_pretrained(cfg.work / "vae").eval()
@@ -217,7 +248,6 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
     text_encoder = CLIPTextModel(arch.text_config(tokenizer))
     text_encoder.load_state_dict(CLIPModel.from_pretrained(clip_dir).text_model.state_dict())
     unet = arch.make_unet()
-    noise_scheduler = arch.make_train_scheduler()
     cache = cfg.work / f"latents-{cfg.unet_examples}.pt"  # so a resumed stage need not re-encode
     if cache.exists():
         latents, captions = torch.load(cache, weights_only=False)
@@ -226,40 +256,50 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
         torch.save((latents, captions), cache)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])[0]
-    opt = torch.optim.AdamW(
-        [{"params": unet.parameters(), "lr_scale": 1.0},
-         {"params": text_encoder.parameters(), "lr_scale": 0.3}], lr=3e-4, weight_decay=0.01,
-    )
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = EMAModel(params, decay=0.999)
-    ckpt = Checkpointer(cfg.work / "unet.pt", unet=unet, text_encoder=text_encoder, opt=opt, ema=ema)
     gen = torch.Generator().manual_seed(cfg.seed)
+    phases = [ph for ph in unet_phases(cfg) if ph.steps > 0]
+    previous: Path | None = None
+    for index, phase in enumerate(phases):
+        if previous is not None:
+            load_ema_weights(previous, params)
+        noise_scheduler = arch.make_train_scheduler(phase.zero_snr)
+        opt = torch.optim.AdamW(
+            [{"params": unet.parameters(), "lr_scale": 1.0},
+             {"params": text_encoder.parameters(), "lr_scale": 0.3}], lr=phase.lr, weight_decay=0.01,
+        )
+        ema = EMAModel(params, decay=0.999)
+        ckpt = Checkpointer(cfg.work / f"{phase.name}.pt", unet=unet, text_encoder=text_encoder, opt=opt, ema=ema)
 
-    def step_fn(step: int) -> float:
-        set_lr(opt, lr_at(step, cfg.unet_steps, 3e-4, warmup=200))
-        gen.manual_seed(cfg.seed * 1_000_003 + step)  # resumable: randomness is a function of step
-        idx = torch.randint(0, len(latents), (cfg.batch,), generator=gen)
-        x0, tok = latents[idx], ids[idx].clone()
-        tok[torch.rand(cfg.batch, generator=gen) < 0.1] = empty  # caption dropout for CFG
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen)
-        xt = noise_scheduler.add_noise(x0, noise, t)
-        pred = unet(xt, t, text_encoder(tok)[0]).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.step(params)
-        return float(loss)
+        def step_fn(step: int, phase=phase, index=index, noise_scheduler=noise_scheduler, opt=opt, ema=ema) -> float:
+            set_lr(opt, lr_at(step, phase.steps, phase.lr, warmup=phase.warmup))
+            # Resumable: randomness is a function of the phase and the step.
+            gen.manual_seed(cfg.seed * 1_000_003 + index * 10_000_000 + step)
+            idx = torch.randint(0, len(latents), (cfg.batch,), generator=gen)
+            x0, tok = latents[idx], ids[idx].clone()
+            tok[torch.rand(cfg.batch, generator=gen) < 0.1] = empty  # caption dropout for CFG
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch,), generator=gen)
+            xt = noise_scheduler.add_noise(x0, noise, t)
+            pred = unet(xt, t, text_encoder(tok)[0]).sample
+            loss = F.mse_loss(pred, denoising_target(noise_scheduler, x0, noise, t))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema.step(params)
+            return float(loss)
 
-    run_steps("unet", ckpt, cfg.unet_steps, step_fn)
-    ema.copy_to(params)
+        run_steps(phase.name, ckpt, phase.steps, step_fn)
+        previous = ckpt.path
+    if previous is None:
+        raise ValueError("no UNet phase has steps; set unet_steps or unet_vsnr_steps")
+    load_ema_weights(previous, params)
     out = cfg.out / "shapes-sd"
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=arch.make_sample_scheduler(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=arch.make_sample_scheduler(phases[-1].zero_snr), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out)
     return out
