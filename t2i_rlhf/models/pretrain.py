@@ -130,7 +130,7 @@ def pretrain_vae(cfg: PretrainConfig) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     run_steps("vae", ckpt, cfg.vae_steps, step_fn)
     vae.eval()
@@ -184,7 +184,7 @@ def pretrain_clip(cfg: PretrainConfig) -> Path:
         opt.zero_grad(set_to_none=True)
         outputs.loss.backward()
         opt.step()
-        return float(outputs.loss)
+        return outputs.loss.item()
 
     run_steps("clip", ckpt, cfg.clip_steps, step_fn)
     clip.save_pretrained(out)
@@ -288,7 +288,7 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             ema.step(params)
-            return float(loss)
+            return loss.item()
 
         run_steps(phase.name, ckpt, phase.steps, step_fn)
         previous = ckpt.path

@@ -1,0 +1,51 @@
+"""`pretrain`'s UNet stage: the ε phase, then the v-prediction / zero-terminal-SNR phase that starts
+from its average, each checkpointed so a re-run resumes; and the shipped model is what it makes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+from t2i_rlhf.evaluation import generate
+from t2i_rlhf.models.pretrain import PretrainConfig, pretrain_unet
+
+
+def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_model_dir, clip_model_dir,
+                                                                             tmp_path):
+    work, out = tmp_path / "work", tmp_path / "models"
+    shutil.copytree(sd_model_dir / "vae", work / "vae")
+    shutil.copytree(clip_model_dir, out / "shapes-clip")
+    cfg = PretrainConfig(out=out, work=work, unet_steps=2, unet_vsnr_steps=2, unet_examples=16, batch=4,
+                         threads=1)
+    pretrain_unet(cfg)
+    eps, vsnr = (torch.load(work / f"{name}.pt", weights_only=False) for name in ("unet", "unet-vsnr"))
+    assert eps["step"] == 2 and vsnr["step"] == 2
+
+    # The v phase starts from the ε phase's average: its first average step mixes them.
+    assert not torch.equal(eps["ema"]["shadow_params"][0], vsnr["ema"]["shadow_params"][0])
+
+    sched = DDPMScheduler.from_pretrained(out / "shapes-sd" / "scheduler")
+    assert sched.config.prediction_type == "v_prediction" and float(sched.alphas_cumprod[-1]) == 0.0
+    pipe = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True)
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    images = generate(pipe, [("a red circle", 0)], steps=2, progress=False)
+    assert images.shape == (1, 32, 32, 3)
+
+    # Complete checkpoints: a re-run trains nothing more and writes the same weights.
+    before = pipe.unet.state_dict()
+    pretrain_unet(cfg)
+    after = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True).unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.load(work / "unet-vsnr.pt", weights_only=False)["step"] == 2
+
+
+def test_shipped_model_trains_and_samples_with_the_same_schedule(sd_model_dir):
+    """Fine-tuning builds its DDPM schedule from the pipeline's scheduler config: it must be the
+    v-prediction, zero-terminal-SNR schedule the base was trained with, not SD's default."""
+    train = DDPMScheduler.from_pretrained(sd_model_dir / "scheduler")
+    assert train.config.prediction_type == "v_prediction"
+    assert train.config.rescale_betas_zero_snr
+    assert np.isclose(float(train.alphas_cumprod[-1]), 0.0)
