@@ -26,4 +26,7 @@ def init_ray(min_cpus: int = 1) -> None:
         return
     cpus = max(min_cpus, os.cpu_count() or 1)
     log.info("starting a local Ray instance with %d logical CPUs", cpus)
-    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": LOCAL_ENV_VARS})
+    # The dashboard serves the State API, which Ray Train's placement-group cleaner polls (without
+    # it, every training run logs "Failed to query Ray Train Controller actor state"); 127.0.0.1.
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             runtime_env={"env_vars": LOCAL_ENV_VARS})
