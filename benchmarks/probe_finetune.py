@@ -43,7 +43,7 @@ TIMESTEPS = (50, 200, 450, 800)
 
 @torch.no_grad()
 def render_loss(tuner: Finetuner, x0: torch.Tensor, emb: torch.Tensor, noise: torch.Tensor) -> list[float]:
-    """Mean ‖ε − ε_θ‖² over the renders at each of TIMESTEPS."""
+    """Mean denoising error (ε or v, as the model predicts) over the renders at each of TIMESTEPS."""
     tuner.unet.eval()
     out = [float(errors_at(tuner, x0, emb, noise[i], t).mean()) for i, t in enumerate(TIMESTEPS)]
     tuner.unet.train()

@@ -227,14 +227,6 @@ def unet_phases(cfg: PretrainConfig) -> tuple[UnetPhase, ...]:
     )
 
 
-def load_ema_weights(path: Path, params: list[torch.nn.Parameter]) -> None:
-    """Copy a phase checkpoint's EMA weights into `params` (same order as when it was saved)."""
-    shadow = torch.load(path, map_location="cpu", weights_only=False)["ema"]["shadow_params"]
-    with torch.no_grad():
-        for p, s in zip(params, shadow, strict=True):
-            p.copy_(s)
-
-
 def pretrain_unet(cfg: PretrainConfig) -> Path:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
@@ -259,10 +251,12 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
     params = list(unet.parameters()) + list(text_encoder.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
     phases = [ph for ph in unet_phases(cfg) if ph.steps > 0]
-    previous: Path | None = None
+    if not phases:
+        raise ValueError("no UNet phase has steps; set unet_steps or unet_vsnr_steps")
+    ema: EMAModel | None = None
     for index, phase in enumerate(phases):
-        if previous is not None:
-            load_ema_weights(previous, params)
+        if ema is not None:
+            ema.copy_to(params)  # the next phase starts from the previous phase's average
         noise_scheduler = arch.make_train_scheduler(phase.zero_snr)
         opt = torch.optim.AdamW(
             [{"params": unet.parameters(), "lr_scale": 1.0},
@@ -290,11 +284,8 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
             ema.step(params)
             return loss.item()
 
-        run_steps(phase.name, ckpt, phase.steps, step_fn)
-        previous = ckpt.path
-    if previous is None:
-        raise ValueError("no UNet phase has steps; set unet_steps or unet_vsnr_steps")
-    load_ema_weights(previous, params)
+        run_steps(phase.name, ckpt, phase.steps, step_fn)  # restores a finished phase's state
+    ema.copy_to(params)
     out = cfg.out / "shapes-sd"
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
