@@ -123,6 +123,19 @@ def test_update_weights_loads_lora(generator: Generator, sd_model_dir: Path, tmp
     np.testing.assert_allclose(latents(generator.generate(0, ITEMS[:1])), latents(before), atol=1e-5)
 
 
+def test_sampling_override_applies_to_one_call_only(generator: Generator) -> None:
+    """The loop evaluates with its own steps and guidance while the rollout samples differently."""
+    configured = generator.generate(0, ITEMS[:2])
+    same = generator.generate(0, ITEMS[:2], steps=generator.config.steps,
+                              guidance_scale=generator.config.guidance_scale)
+    assert np.array_equal(latents(configured), latents(same))
+    unguided = generator.generate(0, ITEMS[:2], guidance_scale=1.0)
+    more_steps = generator.generate(0, ITEMS[:2], steps=5)
+    for other in (unguided, more_steps):
+        assert np.abs(latents(other) - latents(configured)).mean() > 0.01
+    assert np.array_equal(latents(generator.generate(0, ITEMS[:2])), latents(configured))  # config kept
+
+
 def test_bad_input_is_a_clear_error(generator: Generator, sd_model_dir: Path, tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
@@ -132,6 +145,10 @@ def test_bad_input_is_a_clear_error(generator: Generator, sd_model_dir: Path, tm
         generator.generate(0, [])
     with pytest.raises(ValueError, match="non-empty"):
         generator.generate(0, [("  ", 1)])
+    with pytest.raises(ValueError, match="steps must be"):
+        generator.generate(0, ITEMS, steps=0)
+    with pytest.raises(ValueError, match="guidance_scale must be"):
+        generator.generate(0, ITEMS, guidance_scale=-1.0)
     with pytest.raises(ValueError, match="extra"):
         GenerationConfig(stepz=3)
     with pytest.raises(FileNotFoundError, match="manifest.json"):

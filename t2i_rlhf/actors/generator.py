@@ -114,10 +114,17 @@ class Generator:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def generate(self, round: int, items: list[tuple[str, int]]) -> pa.RecordBatch:
-        """Images for (prompt, seed) pairs, in order, as one SAMPLE_SCHEMA batch (unscored)."""
+    def generate(self, round: int, items: list[tuple[str, int]], steps: int | None = None,
+                 guidance_scale: float | None = None) -> pa.RecordBatch:
+        """Images for (prompt, seed) pairs, in order, as one SAMPLE_SCHEMA batch (unscored).
+        `steps` / `guidance_scale` override the configured sampling for this call only: the
+        evaluation samples as it is configured to, whatever the rollout's settings."""
         if not items:
             raise ValueError("generate() needs at least one (prompt, seed) pair")
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if guidance_scale is not None and guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         for prompt, seed in items:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"prompts must be non-empty strings, got {prompt!r}")
@@ -127,7 +134,8 @@ class Generator:
         latents, images = [], []
         bs = self.config.batch_size
         for i in range(0, len(items), bs):
-            lat, img = self._run_pipeline(items[i : i + bs])
+            lat, img = self._run_pipeline(items[i : i + bs], steps or self.config.steps,
+                                          self.config.guidance_scale if guidance_scale is None else guidance_scale)
             latents.append(lat)
             images.append(img)
         lat = np.concatenate(latents)
@@ -137,7 +145,8 @@ class Generator:
         return batch
 
     @torch.inference_mode()
-    def _run_pipeline(self, items: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _run_pipeline(self, items: list[tuple[str, int]], steps: int,
+                      guidance_scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Scaled x0 latents and uint8 images for one chunk. The latents are the VAE encoding of
         the decoded image (see models/latents.py): what is judged and labelled is the image, so
         that is what fine-tuning learns from, exactly as pre-training data is encoded."""
@@ -145,7 +154,7 @@ class Generator:
         prompts = [p for p, _ in items]
         generators = [torch.Generator("cpu").manual_seed(int(s)) for _, s in items]
         out = self.pipe(
-            prompts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
+            prompts, num_inference_steps=steps, guidance_scale=guidance_scale, eta=cfg.eta,
             height=cfg.height, width=cfg.width, generator=generators, output_type="latent",
         )
         images = decode_latents(self.pipe.vae, out.images)

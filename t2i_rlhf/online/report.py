@@ -132,7 +132,7 @@ def write_report(run_dir: Path, state: RunState, grid_before: Path | None, grid_
     lines = [f"# Run report: {run_dir.name}", ""]
     if state.base_eval and last:
         lines += ["## Judged alignment on held-out prompts", "",
-                  paper_table(state.base_eval, last["evaluate"], f"after round {last['round']}"), ""]
+                  paper_table(state.base_eval, last["evaluate"], f"after {last['round'] + 1} rounds"), ""]
     lines += [f"Rounds: {len([r for r in records if r['round'] >= 0])}; labels used: {labels}; "
               f"model version: {state.model_version}; reward model: {state.reward_model_version}."]
     if wall_s is not None:

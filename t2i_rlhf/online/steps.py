@@ -202,9 +202,10 @@ def push_weights(ctx: LoopContext, version: str, location: str | None) -> None:
 # --- 5. evaluation ---------------------------------------------------------------------------------
 
 def generate_with_actors(ctx: LoopContext, items: list[tuple[str, int]], chunk: int = 16) -> np.ndarray:
-    """Images for (prompt, seed) pairs from the generator actors (current weights), in order."""
-    gens = ctx.actors.generators
-    refs = [gens[i % len(gens)].generate.remote(-1, items[s : s + chunk])
+    """Images for (prompt, seed) pairs from the generator actors (current weights), in order,
+    sampled with the evaluation's steps and guidance (the rollout may sample differently)."""
+    gens, ev = ctx.actors.generators, ctx.cfg.eval
+    refs = [gens[i % len(gens)].generate.remote(-1, items[s : s + chunk], ev.steps, ev.guidance)
             for i, s in enumerate(range(0, len(items), chunk))]
     batches = ray.get(refs)
     return np.stack([decode_png(b) for batch in batches for b in batch.column("image").to_pylist()])
