@@ -13,9 +13,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from t2i_rlhf.actors.generator import GenerationConfig
+from t2i_rlhf.actors.generation_config import GenerationConfig
 from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.reward_training import RewardTrainingConfig
+from t2i_rlhf.training.reward_config import RewardTrainingConfig
 
 
 class _Strict(BaseModel):

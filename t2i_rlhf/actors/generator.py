@@ -15,14 +15,13 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from t2i_rlhf.actors.generation_config import GenerationConfig
 from t2i_rlhf.model_version import BASE_VERSION, MANIFEST, read_manifest
 from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
@@ -33,23 +32,6 @@ log = logging.getLogger(__name__)
 TIMELINE_LENGTH = 10_000  # recent calls kept for round summaries
 
 OTHER_CATEGORY = "other"  # prompts outside the shapes grammar (a user's own model and prompts)
-
-
-class GenerationConfig(BaseModel):
-    """Sampling and placement options of a generator (from the experiment config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(20, ge=1, description="denoising steps (DDIM)")
-    guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance; <=1 disables it")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta; 0 keeps sampling deterministic")
-    height: int = Field(32, ge=8)
-    width: int = Field(32, ge=8)
-    batch_size: int = Field(8, ge=1, description="samples per pipeline call")
-    num_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs reserved per generator actor")
-    num_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs per actor; >0 runs the pipeline on CUDA")
-    torch_threads: int = Field(1, ge=1, description="intra-op threads per actor")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 def sample_id(round: int, seed: int, prompt: str) -> str:

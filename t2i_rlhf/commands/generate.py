@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from t2i_rlhf.actors.generator import GenerationConfig
+from t2i_rlhf.actors.generation_config import GenerationConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

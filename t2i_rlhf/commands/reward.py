@@ -6,11 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from t2i_rlhf.training.reward_training import (
-    RewardTrainingConfig,
-    evaluate_reward_model,
-    train_reward_model,
-)
+from t2i_rlhf.training.reward_config import RewardTrainingConfig
 
 # Config fields exposed as flags (the rest keep their defaults).
 _FLAGS = ("backbone", "hidden", "features", "lambda_aux", "temperature", "n_prompts", "perturbation",
@@ -43,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from t2i_rlhf.training.reward_training import train_reward_model
+
     cfg = RewardTrainingConfig(**{name: getattr(args, name) for name in _FLAGS})
     metrics = train_reward_model(args.data, cfg, args.out, args.version or args.out.name)
     text = json.dumps(metrics, indent=2, default=float)
@@ -55,6 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from t2i_rlhf.training.reward_model import load_reward_model
+    from t2i_rlhf.training.reward_training import evaluate_reward_model
 
     model = load_reward_model(args.model, backbone=args.backbone)
     print(json.dumps(evaluate_reward_model(model, args.data), indent=2, default=float))

@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -23,16 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
+from t2i_rlhf.training.reward_config import Features
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "reward_model.json"
 WEIGHTS_FILE = "mlp.safetensors"
-
-# "concat" is the paper's input [x, z]; "concat_product" adds x ⊙ z, the per-dimension agreement
-# CLIP's similarity is built from, so a small MLP judges unseen prompt/image pairs from few labels.
-Features = Literal["concat", "concat_product"]
-
 
 class RewardModelSpec(BaseModel):
     """What a checkpoint needs to rebuild the model (saved as reward_model.json)."""

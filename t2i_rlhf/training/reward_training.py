@@ -10,13 +10,12 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
+from t2i_rlhf.training.reward_config import RewardTrainingConfig
 from t2i_rlhf.training.reward_data import (
     LabelledData,
     LabelledSet,
@@ -28,7 +27,6 @@ from t2i_rlhf.training.reward_data import (
 from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
 from t2i_rlhf.training.reward_metrics import score_metrics
 from t2i_rlhf.training.reward_model import (
-    Features,
     RewardMLP,
     RewardModel,
     RewardModelSpec,
@@ -37,33 +35,6 @@ from t2i_rlhf.training.reward_model import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class RewardTrainingConfig(BaseModel):
-    """Defaults follow the paper (1024 hidden, λ = 0.5, T = 2)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str = "models/shapes-clip"  # any Hugging Face CLIPModel directory
-    hidden: int = Field(1024, gt=0)
-    features: Features = "concat_product"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    lambda_aux: float = Field(0.5, ge=0)  # weight of the prompt-classification term; 0 = MSE only
-    temperature: float = Field(2.0, gt=0)
-    n_prompts: int = Field(8, ge=2)  # N: the true prompt and N−1 perturbations
-    perturbation: str = "shapes"  # "shapes" | "none" | "package.module:function" (see reward_data)
-    epochs: int = Field(60, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(64, gt=0)
-    heldout: Literal["shapes", "fraction", "none"] = "fraction"  # how prompts are held out
-    heldout_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    device: str = "auto"  # "auto" = cuda when available
-    num_gpus: float = Field(0, ge=0)  # Ray resources of the training task
-    num_cpus: float = Field(1, ge=0)
-    threads: int | None = Field(None, gt=0)  # torch CPU threads; 1 is fastest for this small MLP
-    embedding_cache: str | None = None  # .npz file to keep backbone embeddings across runs
 
 
 class EmbeddedSet:

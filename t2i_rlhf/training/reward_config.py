@@ -1,0 +1,39 @@
+"""The reward model's training options: pydantic only, so configs and the CLI validate them
+without importing torch or the backbone."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# "concat" is the paper's input [x, z]; "concat_product" adds x ⊙ z, the per-dimension agreement
+# CLIP's similarity is built from, so a small MLP judges unseen prompt/image pairs from few labels.
+Features = Literal["concat", "concat_product"]
+
+
+class RewardTrainingConfig(BaseModel):
+    """Defaults follow the paper (1024 hidden, λ = 0.5, T = 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = "models/shapes-clip"  # any Hugging Face CLIPModel directory
+    hidden: int = Field(1024, gt=0)
+    features: Features = "concat_product"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    lambda_aux: float = Field(0.5, ge=0)  # weight of the prompt-classification term; 0 = MSE only
+    temperature: float = Field(2.0, gt=0)
+    n_prompts: int = Field(8, ge=2)  # N: the true prompt and N−1 perturbations
+    perturbation: str = "shapes"  # "shapes" | "none" | "package.module:function" (see reward_data)
+    epochs: int = Field(60, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(64, gt=0)
+    heldout: Literal["shapes", "fraction", "none"] = "fraction"  # how prompts are held out
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda when available
+    num_gpus: float = Field(0, ge=0)  # Ray resources of the training task
+    num_cpus: float = Field(1, ge=0)
+    threads: int | None = Field(None, gt=0)  # torch CPU threads; 1 is fastest for this small MLP
+    embedding_cache: str | None = None  # .npz file to keep backbone embeddings across runs
