@@ -129,7 +129,32 @@ def collect_labels(ctx: LoopContext, round: int) -> dict:
     per_sample = aggregate_labels(labels)
     ray.get(ctx.actors.buffer.attach_labels.remote(per_sample))
     kinds = {k: sum(1 for r in labels if r["label"] == k) for k in ("good", "bad", "skip")}
-    return {"labelled_samples": len(per_sample), "labels": len(labels), **kinds}
+    return {"labelled_samples": len(per_sample), "labels": len(labels), **kinds,
+            "earlier_rounds_changed": resync_earlier_labels(ctx, round)}
+
+
+def resync_earlier_labels(ctx: LoopContext, round: int) -> int:
+    """Bring earlier rounds' labels up to date with the service: a label posted after its round
+    was pulled, or one undone since, would otherwise be acknowledged and then ignored. The reward
+    model of this round then trains on every live label. Returns the samples whose label changed."""
+    if round == 0:
+        return 0
+    rows, _ = ctx.feedback.export_labels()
+    live = aggregate_labels(r for r in rows if r["round"] < round)
+    buffer = ctx.actors.buffer
+    changed: dict[str, tuple[float | None, int]] = {}
+    for r in range(round):
+        held = ray.get(buffer.samples.remote(r, ["sample_id", "label", "n_labels"])).to_pylist()
+        for row in held:
+            now = live.get(row["sample_id"], (None, 0))
+            same_n = (row["n_labels"] or 0) == now[1]
+            if not same_n or (now[1] and abs(row["label"] - now[0]) > 1e-6):  # label is float32
+                changed[row["sample_id"]] = now
+    if changed:
+        ray.get(buffer.attach_labels.remote(changed))
+        log.info("round %d: %d earlier samples' labels changed since they were pulled (late or undone)",
+                 round, len(changed))
+    return len(changed)
 
 
 # --- 3. reward model -----------------------------------------------------------------------------
