@@ -146,3 +146,23 @@ def test_label_simulate_command(url: str, capsys: pytest.CaptureFixture[str]) ->
     assert out["labels"] == 4 and out["errors"] == 0
     with pytest.raises(ValueError, match="noise"):
         simulate_labellers(url, LAB, noise=1.5)
+
+
+def test_the_loops_labeller_process_takes_any_token(tmp_path: Path) -> None:
+    """The run starts `label simulate` as a child process; a token that begins with "-" once
+    reached it as a command-line value that argparse read as a missing one."""
+    import time
+
+    from t2i_rlhf.online.local_services import simulated_labellers
+
+    dash_led = "-dash-led-token"
+    settings = FeedbackSettings(db_path=tmp_path / "fb.db", admin_token=ADMIN, labeller_tokens=[dash_led])
+    with live_server(settings) as url, FeedbackClient(url, ADMIN) as admin:
+        admin.publish_tasks(TASKS)
+        log_path = tmp_path / "lab.log"
+        with simulated_labellers(url, dash_led, workers=2, noise=0.0, seed=0, log_path=log_path) as proc:
+            deadline = time.monotonic() + 60
+            while admin.stats()["rounds"][0]["complete"] < len(TASKS):
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+                time.sleep(0.5)
+        assert len(admin.export_labels()[0]) == len(TASKS)

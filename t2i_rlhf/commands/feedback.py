@@ -66,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
 
     admin = args.admin_token or os.environ.get(ENV_PREFIX + "ADMIN_TOKEN")
     if not admin:
-        admin = secrets.token_urlsafe(24)
+        admin = secrets.token_hex(24)
         logger.warning("no admin token configured; generated one for this run: %s", admin)
     try:
         settings = FeedbackSettings.from_env(

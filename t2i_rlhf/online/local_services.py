@@ -66,10 +66,12 @@ def simulated_labellers(url: str, token: str, workers: int, noise: float, seed: 
     """`t2i-rlhf label simulate --follow` in a child process: the people of the demo."""
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            _cli("label", "simulate", "--url", url, "--token", token, "--workers", str(workers),
+            _cli("label", "simulate", "--url", url, "--workers", str(workers),
                  "--noise", str(noise), "--seed", str(seed), "--follow"),
             stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            # the token goes by environment, not argv: a random token that starts with "-" was
+            # read by argparse as a missing value (1 run in 64), and argv is visible in `ps`
+            env={**os.environ, "OMP_NUM_THREADS": "1", "T2I_FEEDBACK_TOKEN": token},
         )
     try:
         yield proc
@@ -86,7 +88,7 @@ def tokens(run_dir: Path, admin_env: str, labeller_env: str) -> tuple[str, str]:
     if path.exists():
         admin, labeller = path.read_text().split()
         return admin, labeller
-    admin, labeller = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    admin, labeller = secrets.token_hex(24), secrets.token_hex(24)  # never "-"-led: safe in argv
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{admin}\n{labeller}\n")
     path.chmod(0o600)
