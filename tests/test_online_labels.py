@@ -36,13 +36,14 @@ def test_late_and_undone_labels_reach_the_buffer_next_round(ray_session, tmp_pat
         # the loop pulls round 0 (collect_labels) ...
         ray_session.get(buffer.attach_labels.remote(aggregate_labels(admin.export_labels(round=0)[0])))
         ctx = SimpleNamespace(feedback=admin, actors=SimpleNamespace(buffer=buffer))
-        assert resync_earlier_labels(ctx, 1) == 0  # nothing changed since
+        assert resync_earlier_labels(ctx, 1, admin.export_labels()[0]) == 0  # nothing changed since
         # ... then people go on: one undoes a label, a second labeller and a late task come in
         ann.undo(s3)
         bob.post_label(s1, "bad")
         ann.post_label(s4, "good")
-        assert resync_earlier_labels(ctx, 1) == 3
-        assert resync_earlier_labels(ctx, 1) == 0  # idempotent: a resumed round changes nothing more
+        assert resync_earlier_labels(ctx, 1, admin.export_labels()[0]) == 3
+        # idempotent: a resumed round changes nothing more
+        assert resync_earlier_labels(ctx, 1, admin.export_labels()[0]) == 0
     held = ray_session.get(buffer.samples.remote(0, ["sample_id", "label", "n_labels"])).to_pylist()
     by_id = {r["sample_id"]: (r["label"], r["n_labels"]) for r in held}
     assert by_id[s1] == (0.5, 2)

@@ -125,21 +125,22 @@ def collect_labels(ctx: LoopContext, round: int) -> dict:
             time.sleep(lab.poll_s)
     if done < target:
         log.warning("round %d: labelling timed out with %d/%d labelled; going on", round, done, wanted)
-    labels, _ = ctx.feedback.export_labels(round=round)
+    rows, _ = ctx.feedback.export_labels()  # every round's: earlier rounds are re-synced below
+    labels = [r for r in rows if r["round"] == round]
     per_sample = aggregate_labels(labels)
     ray.get(ctx.actors.buffer.attach_labels.remote(per_sample))
     kinds = {k: sum(1 for r in labels if r["label"] == k) for k in ("good", "bad", "skip")}
     return {"labelled_samples": len(per_sample), "labels": len(labels), **kinds,
-            "earlier_rounds_changed": resync_earlier_labels(ctx, round)}
+            "earlier_rounds_changed": resync_earlier_labels(ctx, round, rows)}
 
 
-def resync_earlier_labels(ctx: LoopContext, round: int) -> int:
-    """Bring earlier rounds' labels up to date with the service: a label posted after its round
-    was pulled, or one undone since, would otherwise be acknowledged and then ignored. The reward
-    model of this round then trains on every live label. Returns the samples whose label changed."""
+def resync_earlier_labels(ctx: LoopContext, round: int, rows: list[dict]) -> int:
+    """Bring earlier rounds' labels up to date with the service's live labels `rows` (its export):
+    a label posted after its round was pulled, or one undone since, would otherwise be
+    acknowledged and then ignored. The reward model of this round then trains on every live
+    label. Returns the samples whose label changed."""
     if round == 0:
         return 0
-    rows, _ = ctx.feedback.export_labels()
     live = aggregate_labels(r for r in rows if r["round"] < round)
     buffer = ctx.actors.buffer
     changed: dict[str, tuple[float | None, int]] = {}
