@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.0, help="fixed EMA decay (0: off)")
     ap.add_argument("--judge", type=int, default=64, help="judged images per category at the end (0: none)")
     ap.add_argument("--split", choices=["heldout", "train"], default="heldout")
+    ap.add_argument("--eval-guidance", type=float, nargs="+", default=[5.0],
+                    help="classifier-free guidance scales to judge at")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,8 +145,10 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         for split in dict.fromkeys([args.split, "heldout"]):
             items = eval_prompts(args.judge, split=split)
-            images = generate(pipe, items, progress=False)
-            print(f"--- {split} prompts\n{judge_table('probe', [p for p, _ in items], images).table()}", flush=True)
+            for guidance in args.eval_guidance:
+                images = generate(pipe, items, guidance=guidance, progress=False)
+                table = judge_table("probe", [p for p, _ in items], images).table()
+                print(f"--- {split} prompts, guidance {guidance:g}\n{table}", flush=True)
 
 
 if __name__ == "__main__":

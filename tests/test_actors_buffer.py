@@ -84,6 +84,18 @@ def test_rounds_persist_as_parquet_plain_pyarrow_reads(ray_session, new_buffer, 
     picked = ray.get(buf.get.remote([ids[4], ids[0]], ["sample_id"]))
     assert picked["sample_id"].to_pylist() == [ids[4], ids[0]]
 
+    # Column pruning: only what is asked for (plus the id labels join on) is read, labels still merged.
+    pruned = load_round(tmp_path / "run", 0, ["label", "reward"])
+    assert pruned.schema.names == ["sample_id", "reward", "label"]
+    assert dict(zip(pruned["sample_id"].to_pylist(), pruned["label"].to_pylist(), strict=True))[ids[1]] == 0.5
+    rewards = ray.get(buf.samples.remote(0, ["reward"]))["reward"].to_pylist()
+    assert sorted(r for r in rewards if r is not None) == pytest.approx([0.1, 0.5, 0.9])
+    ray.get(buf.release_round.remote(0))
+    assert ray.get(buf.samples.remote(0, ["label"])).schema.names == ["label"]
+    assert ray.get(buf.get.remote([ids[1]], ["n_labels"]))["n_labels"].to_pylist() == [2]
+    with pytest.raises(ValueError, match="unknown sample columns"):
+        load_round(tmp_path / "run", 0, ["no_such_column"])
+
 
 def test_full_buffer_makes_producers_wait_never_drops(ray_session, new_buffer) -> None:
     ray = ray_session

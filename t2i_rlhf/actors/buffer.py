@@ -103,15 +103,31 @@ def _merge_labels(table: pa.Table, labels: dict[str, tuple[float | None, int]]) 
     return table
 
 
-def load_round(storage: str | Path, round: int) -> pa.Table:
-    """A round's samples with their labels, read straight from Parquet (no actor needed)."""
+def load_round(storage: str | Path, round: int, columns: list[str] | None = None) -> pa.Table:
+    """A round's samples with their labels, read straight from Parquet (no actor needed).
+
+    `columns` reads only those (plus `sample_id`, which labels are joined on), so that asking
+    for rewards or prompts does not read every image and latent of the round."""
     fs, root = open_storage(storage)
     base = round_dir(root, round)
+    schema = _pruned_schema(columns)
     files = _part_files(fs, f"{base}/samples")
     if not files:
-        return SAMPLE_SCHEMA.empty_table()
-    table = pa.concat_tables(pq.read_table(p, filesystem=fs, schema=SAMPLE_SCHEMA) for p in files)
+        return schema.empty_table()
+    table = pa.concat_tables(pq.read_table(p, filesystem=fs, schema=SAMPLE_SCHEMA, columns=schema.names)
+                             for p in files)
     return _merge_labels(table, _read_labels(fs, f"{base}/labels"))
+
+
+def _pruned_schema(columns: list[str] | None) -> pa.Schema:
+    """SAMPLE_SCHEMA restricted to `columns` and `sample_id`; an unknown column is a ValueError."""
+    if not columns:
+        return SAMPLE_SCHEMA
+    unknown = [c for c in columns if c not in SAMPLE_SCHEMA.names]
+    if unknown:
+        raise ValueError(f"unknown sample columns {unknown}; the schema has {SAMPLE_SCHEMA.names}")
+    keep = {"sample_id", *columns}
+    return pa.schema([f for f in SAMPLE_SCHEMA if f.name in keep])
 
 
 @dataclass
@@ -290,18 +306,21 @@ class SampleBuffer:
             "rounds": {r: {"samples": s.n, "released": s.released} for r, s in sorted(self._rounds.items())},
         }
 
-    def _round_table(self, round: int) -> pa.Table:
+    def _round_table(self, round: int, columns: list[str] | None = None) -> pa.Table:
+        """A round's samples with labels; a released round reads only `columns` from Parquet."""
         state = self._rounds.get(round)
         if state is None:
-            return SAMPLE_SCHEMA.empty_table()
+            return _pruned_schema(columns).empty_table()
         if state.released:
-            return load_round(self.storage, round)
+            return load_round(self.storage, round, columns)
         table = pa.Table.from_batches(state.batches, schema=SAMPLE_SCHEMA)
+        if columns:
+            table = table.select(_pruned_schema(columns).names)
         return _merge_labels(table, self._labels)
 
     def samples(self, round: int, columns: list[str] | None = None) -> pa.Table:
         """Every sample of a round, labels included."""
-        table = self._round_table(round)
+        table = self._round_table(round, columns)
         return table.select(columns) if columns else table
 
     def get(self, sample_ids: list[str], columns: list[str] | None = None) -> pa.Table:
@@ -310,9 +329,9 @@ class SampleBuffer:
         if unknown:
             raise ValueError(f"unknown sample ids {unknown[:5]}")
         wanted = set(sample_ids)
-        tables = [self._round_table(r) for r in sorted({self._round_of[s] for s in sample_ids})]
+        tables = [self._round_table(r, columns) for r in sorted({self._round_of[s] for s in sample_ids})]
         table = pa.concat_tables(t.filter(pc.is_in(t.column("sample_id"), pa.array(list(wanted))))
-                                 for t in tables) if tables else SAMPLE_SCHEMA.empty_table()
+                                 for t in tables) if tables else _pruned_schema(columns).empty_table()
         index = {sid: i for i, sid in enumerate(table.column("sample_id").to_pylist())}
         table = table.take(pa.array([index[s] for s in sample_ids], pa.int64()))
         return table.select(columns) if columns else table
@@ -329,8 +348,9 @@ class SampleBuffer:
             rounds = [r for r, s in sorted(self._rounds.items()) if not s.released]
         else:
             rounds = [round]
-        tables = [self._round_table(r) for r in rounds]
-        table = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
+        needed = [*columns, "n_labels", "reward"] if columns else None
+        tables = [self._round_table(r, needed) for r in rounds]
+        table = pa.concat_tables(tables) if tables else _pruned_schema(needed).empty_table()
         table = table.filter(pc.fill_null(pc.equal(table.column("n_labels"), 0), True))
         if strategy == "random":
             order = np.random.default_rng(seed).permutation(table.num_rows)

@@ -160,8 +160,12 @@ def resync_earlier_labels(ctx: LoopContext, round: int, rows: list[dict]) -> int
 
 # --- 3. reward model -----------------------------------------------------------------------------
 
+LABELLED_COLUMNS = ["prompt", "category", "image", "label", "n_labels"]
+
+
 def labelled_table(ctx: LoopContext, upto_round: int) -> pa.Table:
-    tables = [load_round(ctx.samples_root, r) for r in range(upto_round + 1)]
+    """Every labelled sample so far, with what the reward model reads (not the latents)."""
+    tables = [load_round(ctx.samples_root, r, LABELLED_COLUMNS) for r in range(upto_round + 1)]
     table = pa.concat_tables(tables)
     return table.filter(pc.is_valid(table.column("label")))
 
