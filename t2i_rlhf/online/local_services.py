@@ -88,7 +88,7 @@ def tokens(run_dir: Path, admin_env: str, labeller_env: str) -> tuple[str, str]:
     if path.exists():
         admin, labeller = path.read_text().split()
         return admin, labeller
-    admin, labeller = secrets.token_hex(24), secrets.token_hex(24)  # never "-"-led: safe in argv
+    admin, labeller = secrets.token_hex(24), secrets.token_hex(24)  # never "-"-led, wherever they are passed
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{admin}\n{labeller}\n")
     path.chmod(0o600)

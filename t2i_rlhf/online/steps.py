@@ -160,7 +160,7 @@ def resync_earlier_labels(ctx: LoopContext, round: int, rows: list[dict]) -> int
 
 # --- 3. reward model -----------------------------------------------------------------------------
 
-LABELLED_COLUMNS = ["prompt", "category", "image", "label", "n_labels"]
+LABELLED_COLUMNS = ["prompt", "image", "label", "n_labels"]
 
 
 def labelled_table(ctx: LoopContext, upto_round: int) -> pa.Table:
