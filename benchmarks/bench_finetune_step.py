@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--pretrain", type=int, default=256)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--shuffle-buffer", type=int, default=0,
+                    help="Ray side's local shuffle buffer (the loop's default is 256; the plain loop never shuffles)")
     ap.add_argument("--skip-scaling", action="store_true", help="only Ray 1 worker vs plain")
     ap.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = ap.parse_args()
@@ -102,7 +104,7 @@ def main() -> None:
     write_pretrain_parquet(work / "pretrain", args.pretrain, first_seed=90_000_000)
     base = args.model.resolve()
     cfg = FinetuneConfig(batch_size=args.batch_size, lora=args.lora, latent_cache=work / "cache",
-                         threads_per_worker=2, shuffle_buffer=0)
+                         threads_per_worker=2, shuffle_buffer=args.shuffle_buffer)
     pre_files = pretrain_latent_files(work / "pretrain", base, cfg.latent_cache)
 
     out: dict = {}

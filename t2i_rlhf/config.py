@@ -77,6 +77,9 @@ class EvalSection(_Strict):
     guidance: float = Field(2.0, ge=0)  # the shapes base at its best; SD is usually sampled at 7.5
     every_round: bool = True
     threads: int | None = None
+    # reuse the base model's evaluation from an earlier run with the same weights, judge and
+    # settings (kept under <storage>/cache/base-eval/)
+    cache_base: bool = True
 
 
 class ExperimentConfig(_Strict):

@@ -136,7 +136,7 @@ class FakeShard:
     def __init__(self, rows: int) -> None:
         self.rows = rows
 
-    def iter_batches(self, batch_size, drop_last, **_):
+    def iter_batches(self, batch_size, drop_last=False, **_):
         stop = self.rows - self.rows % batch_size if drop_last else self.rows
         for i in range(0, stop, batch_size):
             yield {"x": list(range(i, min(i + batch_size, stop)))}
@@ -158,6 +158,22 @@ def test_data_position_is_a_function_of_the_step():
         next(micro_batches(FakeShard(2), 3, 2, start=0, seed=0))
     assert steps_for(FinetuneConfig(batch_size=4, epochs=2, grad_accum=2), 9) == 4  # 4 batches/epoch
     assert steps_for(FinetuneConfig(max_steps=7), 9) == 7
+
+
+def test_in_memory_shard_walks_like_the_stream_and_resumes_exactly():
+    streamed = _take(micro_batches(FakeShard(10), 3, 10, start=0, seed=0), 7)
+    assert _take(micro_batches(FakeShard(10), 3, 10, start=0, seed=0, in_memory=True), 7) == streamed
+
+    def epochs(start, n):  # full micro-batches, shuffled in memory
+        stream = micro_batches(FakeShard(12), 3, 12, start=start, seed=5, shuffle_buffer=1, in_memory=True)
+        return [(e, list(b["x"])) for e, b in (next(stream) for _ in range(n))]
+
+    fresh = epochs(0, 12)
+    for e in range(3):  # each epoch a permutation of every row, and a different one
+        assert sorted(x for epoch, b in fresh if epoch == e for x in b) == list(range(12))
+    assert [b for _, b in fresh[:4]] != [b for _, b in fresh[4:8]]
+    assert epochs(4, 8) == fresh[4:]  # a resume at an epoch boundary: next epoch, no repeat
+    assert epochs(6, 2) == fresh[6:8]  # mid-epoch: the same permutation, skipping what was done
 
 
 def test_cli_flags_override_the_yaml_config(tmp_path):

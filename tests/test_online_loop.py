@@ -68,6 +68,34 @@ def test_missing_or_malformed_config_file(tmp_path):
         load_config(bad)
 
 
+def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
+    from t2i_rlhf.online.base_eval_cache import base_eval_key, load_base_eval, store_base_eval
+
+    base, clip = tmp_path / "base", tmp_path / "clip"
+    for d in (base, clip):
+        d.mkdir()
+        (d / "weights.bin").write_bytes(b"v1")
+    ci = load_config(CI_CONFIG)
+
+    def config(guidance: float = 2.0, cache: bool = True):
+        return ci.model_copy(update={
+            "run": ci.run.model_copy(update={"storage": str(tmp_path / "runs")}),
+            "model": ci.model.model_copy(update={"base": str(base), "clip": str(clip)}),
+            "eval": ci.eval.model_copy(update={"guidance": guidance, "cache_base": cache})})
+
+    key = base_eval_key(config())
+    assert base_eval_key(config()) == key and base_eval_key(config(guidance=3.0)) != key
+    assert load_base_eval(config(), tmp_path / "grid.png") is None  # nothing stored yet
+    (tmp_path / "made.png").write_bytes(b"png")
+    store_base_eval(config(), {"overall": {"good": 0.5}}, tmp_path / "made.png")
+    assert load_base_eval(config(), tmp_path / "grid.png") == {"overall": {"good": 0.5}}
+    assert (tmp_path / "grid.png").read_bytes() == b"png"
+    assert load_base_eval(config(cache=False), tmp_path / "other.png") is None
+    assert load_base_eval(config(guidance=3.0), tmp_path / "other.png") is None
+    (base / "weights.bin").write_bytes(b"v2")  # retrained weights: a new key, evaluated afresh
+    assert base_eval_key(config()) != key and load_base_eval(config(), tmp_path / "other.png") is None
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 def driver_env(address: str) -> dict:

@@ -66,6 +66,9 @@ class FinetuneConfig(BaseModel):
     # --- data ---
     latent_cache: Path = Path("runs/cache/pretrain-latents")  # VAE latents of the pre-training set
     shuffle_buffer: int = Field(256, ge=0)  # local shuffle buffer per worker (0: no shuffling)
+    # a worker's shard of a source at most this large (uncompressed) is read once and shuffled in
+    # memory each epoch; larger ones stream through Ray Data every epoch. 0: always stream
+    shard_memory_mb: float = Field(1024.0, ge=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

@@ -138,12 +138,43 @@ def batch_latents(batch: dict[str, np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(flat.reshape(len(flat), *shape))
 
 
+def parquet_bytes(files: list[Path], columns: list[str]) -> int:
+    """Uncompressed size of `columns` in `files`, from the Parquet footers (nothing is read)."""
+    total = 0
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                if chunk.path_in_schema.split(".")[0] in columns:
+                    total += chunk.total_uncompressed_size
+    return total
+
+
+def load_shard(shard, chunk: int = 4096) -> dict[str, np.ndarray]:
+    """A worker's whole shard as numpy columns (`latents` as one 2-D float32 array)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in shard.iter_batches(batch_size=chunk, batch_format="numpy"):
+        for name, values in batch.items():
+            if name == "latents":
+                values = np.stack([np.asarray(v, dtype=np.float32) for v in values])
+            parts.setdefault(name, []).append(values)
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
 def micro_batches(shard, batch_size: int, rows_per_worker: int, start: int, seed: int,
-                  shuffle_buffer: int = 0, skip: bool = True) -> Iterator[tuple[int, dict]]:
+                  shuffle_buffer: int = 0, skip: bool = True,
+                  in_memory: bool = False) -> Iterator[tuple[int, dict]]:
     """Endless (epoch, numpy batch) stream over a worker's shard, starting at micro-batch `start`
     (global step × grad_accum). Epoch e is shuffled with seed + e, so the stream is a function of
     the step: with `skip`, a resume replays the same epoch and skips what was already consumed;
-    without it (the large pre-training set, a regulariser) it starts a fresh pass instead."""
+    without it (the large pre-training set, a regulariser) it starts a fresh pass instead.
+
+    in_memory: read the shard once and walk it from memory, every epoch a full permutation (a
+    round's samples are small). Streaming it again each epoch re-runs the Ray Data pipeline,
+    which on a small CPU node costs more than the training step it feeds. Otherwise each epoch
+    streams with a local shuffle buffer of `shuffle_buffer` rows."""
     per_epoch = rows_per_worker // batch_size
     if per_epoch < 1:
         raise ValueError(f"a worker's shard has {rows_per_worker} rows, fewer than one micro-batch of "
@@ -151,12 +182,19 @@ def micro_batches(shard, batch_size: int, rows_per_worker: int, start: int, seed
     epoch, offset = divmod(start, per_epoch)
     if not skip:
         offset = 0
+    rows = load_shard(shard) if in_memory else None
     while True:
-        batches = shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=True,
-            local_shuffle_buffer_size=shuffle_buffer or None,
-            local_shuffle_seed=(seed + epoch) if shuffle_buffer else None,
-        )
+        if rows is not None:
+            n = len(next(iter(rows.values())))
+            order = np.random.default_rng(seed + epoch).permutation(n) if shuffle_buffer else np.arange(n)
+            batches = ({k: v[order[i * batch_size:(i + 1) * batch_size]] for k, v in rows.items()}
+                       for i in range(per_epoch))
+        else:
+            batches = shard.iter_batches(
+                batch_size=batch_size, batch_format="numpy", drop_last=True,
+                local_shuffle_buffer_size=shuffle_buffer or None,
+                local_shuffle_seed=(seed + epoch) if shuffle_buffer else None,
+            )
         for i, batch in enumerate(batches):
             if i >= offset:
                 yield epoch, batch

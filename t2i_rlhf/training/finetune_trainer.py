@@ -21,9 +21,12 @@ from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import (
+    MODEL_COLUMNS,
+    PRETRAIN_COLUMNS,
     count_rows,
     count_scored,
     model_samples_dataset,
+    parquet_bytes,
     pretrain_dataset,
     pretrain_latent_files,
 )
@@ -82,6 +85,11 @@ def ensure_ray_for(cfg: FinetuneConfig) -> None:
         log.warning("the cluster has %g CPUs; fine-tuning needs %d (%d worker(s) x %g, plus 1 for Ray Data): "
                     "it will wait until an autoscaler adds them", have, need, cfg.num_workers,
                     cfg.workers_resources.get("CPU", 0.0))
+
+
+def _fits(cfg: FinetuneConfig, files: list[Path], columns: list[str]) -> bool:
+    """Whether a worker's share of `columns` fits `shard_memory_mb` (and so is held in memory)."""
+    return bool(files) and parquet_bytes(files, columns) / cfg.num_workers <= cfg.shard_memory_mb * 2**20
 
 
 def finetune_round(
@@ -144,6 +152,8 @@ def finetune_round(
         train_loop_config={
             "finetune": cfg.model_dump(mode="json"), "start": start.to_dict(), "total_steps": total,
             "model_rows_per_worker": model_rows, "pretrain_rows_per_worker": pre_rows,
+            "in_memory": {"model": _fits(cfg, sample_files, [*MODEL_COLUMNS, column]),
+                          "pretrain": _fits(cfg, pre_files, PRETRAIN_COLUMNS)},
             "fail_at_step": fail_at_step,
             "fail_marker": f"{storage}/{name}/.injected_failure" if local else None,
         },

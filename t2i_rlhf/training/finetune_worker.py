@@ -176,7 +176,8 @@ def _mean_across_workers(metrics: dict[str, float]) -> dict[str, float]:
 
 def train_loop_per_worker(config: dict) -> None:
     """config: {"finetune": FinetuneConfig fields, "start": StartingPoint fields, "total_steps",
-    "model_rows_per_worker", "pretrain_rows_per_worker"} (built by finetune_trainer)."""
+    "model_rows_per_worker", "pretrain_rows_per_worker", "in_memory": {source: bool}} (built by
+    finetune_trainer)."""
     import ray.train
     import ray.train.torch
 
@@ -196,13 +197,15 @@ def train_loop_per_worker(config: dict) -> None:
         log.info("worker %d resumed at step %d of %d", rank, step, total)
 
     micro = step * cfg.grad_accum  # micro-batches already consumed: the data position
+    in_memory = config.get("in_memory", {})
     model_stream = micro_batches(ray.train.get_dataset_shard("model"), cfg.model_batch,
-                                 config["model_rows_per_worker"], micro, cfg.seed, cfg.shuffle_buffer)
+                                 config["model_rows_per_worker"], micro, cfg.seed, cfg.shuffle_buffer,
+                                 in_memory=in_memory.get("model", False))
     pre_stream = None
     if cfg.uses_pretrain:
         pre_stream = micro_batches(ray.train.get_dataset_shard("pretrain"), cfg.pretrain_batch,
                                    config["pretrain_rows_per_worker"], micro, cfg.seed + 7919,
-                                   cfg.shuffle_buffer, skip=False)
+                                   cfg.shuffle_buffer, skip=False, in_memory=in_memory.get("pretrain", False))
     per_epoch = config["model_rows_per_worker"] // cfg.model_batch / cfg.grad_accum
     window: list[dict[str, float]] = []
     first = step

@@ -1,0 +1,82 @@
+"""The base model's evaluation, kept across runs.
+
+Every run starts by evaluating the base model on the same held-out prompts and seeds; with the
+same weights, judge and settings the result is the same, so a second experiment on one base
+(another config, a re-run after deleting the run directory) reuses it instead of regenerating
+hundreds of images. The key covers what the figures depend on: the base and CLIP directories'
+files, the evaluation and generation settings, the run seed, and the source of the judge, the
+renderer, the prompts and the evaluation itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import t2i_rlhf
+from t2i_rlhf.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+CONTENT_HASH_MAX_BYTES = 64 * 2**20  # larger files (SD-size weights) are keyed by size and mtime
+_CODE = ("evaluation.py", "shapes/judge.py", "shapes/render.py", "shapes/prompts.py", "shapes/vocab.py")
+
+
+def _tree_digest(root: Path) -> bytes:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}".encode())
+        if st.st_size <= CONTENT_HASH_MAX_BYTES:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.digest()
+
+
+def base_eval_key(cfg: ExperimentConfig) -> str:
+    h = hashlib.sha256()
+    settings = {"eval": cfg.eval.model_dump(mode="json", exclude={"threads", "every_round", "cache_base"}),
+                "generation": cfg.rollout.generation.model_dump(mode="json"), "seed": cfg.run.seed}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    package = Path(t2i_rlhf.__file__).parent
+    for name in _CODE:
+        h.update((package / name).read_bytes())
+    h.update(_tree_digest(Path(cfg.model.base)))
+    h.update(_tree_digest(Path(cfg.model.clip)))
+    return h.hexdigest()[:20]
+
+
+def cache_dir(cfg: ExperimentConfig) -> Path | None:
+    """Where this config's base evaluation is kept; None where the storage is not local."""
+    if "://" in cfg.run.storage:
+        return None
+    return Path(cfg.run.storage).absolute() / "cache" / "base-eval" / base_eval_key(cfg)
+
+
+def load_base_eval(cfg: ExperimentConfig, grid_to: Path) -> dict | None:
+    """The cached evaluation (and its grid, copied to `grid_to`), or None."""
+    where = cache_dir(cfg) if cfg.eval.cache_base else None
+    if where is None or not (where / "eval.json").exists():
+        return None
+    shutil.copyfile(where / "grid.png", grid_to)
+    log.info("base model evaluation reused from %s (same weights, judge and settings)", where)
+    return json.loads((where / "eval.json").read_text())
+
+
+def store_base_eval(cfg: ExperimentConfig, result: dict, grid: Path) -> None:
+    where = cache_dir(cfg) if cfg.eval.cache_base else None
+    if where is None or where.exists():
+        return
+    tmp = where.with_name(f"{where.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    shutil.copyfile(grid, tmp / "grid.png")
+    (tmp / "eval.json").write_text(json.dumps(result, indent=2))
+    try:
+        tmp.rename(where)
+    except OSError:  # another run stored the same result first
+        shutil.rmtree(tmp, ignore_errors=True)
