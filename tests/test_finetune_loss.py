@@ -7,6 +7,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from pydantic import ValidationError
 
+from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import micro_batches
 from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
@@ -192,3 +193,19 @@ def test_cli_flags_override_the_yaml_config(tmp_path):
     args.config = tmp_path / "bad.yaml"
     with pytest.raises(ValidationError, match="betta"):
         finetune.config_from_args(args)
+
+
+def test_pretrain_latent_cache_is_keyed_by_content_not_path(tmp_path):
+    from t2i_rlhf.shapes.captions import write_pretrain_parquet
+    from t2i_rlhf.training.finetune_data import _fingerprint
+
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    (vae / "config.json").write_text("{}")
+    a = parquet_files(write_pretrain_parquet(tmp_path / "a", 8, first_seed=3))
+    b = parquet_files(write_pretrain_parquet(tmp_path / "b", 8, first_seed=3))  # a run re-renders it
+    c = parquet_files(write_pretrain_parquet(tmp_path / "c", 8, first_seed=4))
+    key = _fingerprint(a, vae)
+    assert key == _fingerprint(b, vae) != _fingerprint(c, vae)
+    (vae / "config.json").write_text('{"scaling_factor": 1}')  # another VAE: encode again
+    assert _fingerprint(a, vae) != key

@@ -19,23 +19,11 @@ from pathlib import Path
 
 import t2i_rlhf
 from t2i_rlhf.config import ExperimentConfig
+from t2i_rlhf.fingerprint import tree_fingerprint
 
 log = logging.getLogger(__name__)
 
-CONTENT_HASH_MAX_BYTES = 64 * 2**20  # larger files (SD-size weights) are keyed by size and mtime
 _CODE = ("evaluation.py", "shapes/judge.py", "shapes/render.py", "shapes/prompts.py", "shapes/vocab.py")
-
-
-def _tree_digest(root: Path) -> bytes:
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = f.stat()
-        h.update(f"{f.relative_to(root)}:{st.st_size}".encode())
-        if st.st_size <= CONTENT_HASH_MAX_BYTES:
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-        else:
-            h.update(str(st.st_mtime_ns).encode())
-    return h.digest()
 
 
 def base_eval_key(cfg: ExperimentConfig) -> str:
@@ -46,8 +34,8 @@ def base_eval_key(cfg: ExperimentConfig) -> str:
     package = Path(t2i_rlhf.__file__).parent
     for name in _CODE:
         h.update((package / name).read_bytes())
-    h.update(_tree_digest(Path(cfg.model.base)))
-    h.update(_tree_digest(Path(cfg.model.clip)))
+    h.update(tree_fingerprint(cfg.model.base).encode())
+    h.update(tree_fingerprint(cfg.model.clip).encode())
     return h.hexdigest()[:20]
 
 

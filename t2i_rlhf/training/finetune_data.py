@@ -14,7 +14,6 @@ of the persisted global step, which is what makes a resume neither repeat nor sk
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from t2i_rlhf.fingerprint import files_fingerprint
 from t2i_rlhf.samples import parquet_files
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,10 @@ def pretrain_dataset(files: list[Path]):
 
 
 def _fingerprint(files: list[Path], vae_dir: Path) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for f in sorted(vae_dir.iterdir()):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        if f.suffix == ".json":
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    """The input files' contents (not their paths: a run re-renders the same set) and the VAE's."""
+    named = [(f"input{i}", f) for i, f in enumerate(files)]
+    vae = [(f"vae/{f.name}", f) for f in sorted(vae_dir.iterdir()) if f.is_file()]
+    return files_fingerprint([*named, *vae])[:16]
 
 
 class VaeEncoder:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+from t2i_rlhf.fingerprint import tree_fingerprint
+
 log = logging.getLogger(__name__)
 
 
@@ -32,13 +34,7 @@ def check_backbone_dir(path: str | Path) -> Path:
 
 def backbone_fingerprint(path: str | Path) -> str:
     """Identifies the backbone's weights, so cached embeddings go stale when the weights change."""
-    p = check_backbone_dir(path).resolve()
-    h = hashlib.sha1(str(p).encode())
-    for f in sorted(p.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+    return tree_fingerprint(check_backbone_dir(path).resolve())[:16]
 
 
 def image_key(image: np.ndarray) -> str:
