@@ -34,6 +34,9 @@ class CategoryResult:
     n: int
     good: float  # fraction judged good
     clean: float  # fraction with recognisable objects on a scene colour
+    # each image's verdict ("1" good), in the order of the evaluation's (prompt, seed) items: two
+    # models judged on the same items give the change's standard error from paired differences
+    verdicts: str = ""
 
     @property
     def stderr(self) -> float:
@@ -137,10 +140,24 @@ def judge_table(model: str, prompts: list[Prompt], images: np.ndarray) -> EvalRe
         vs = [v for v, p in zip(verdicts, prompts, strict=True) if p.category == category]
         if vs:
             rows.append(CategoryResult(category, len(vs), float(np.mean([v.good for v in vs])),
-                                       float(np.mean([v.clean for v in vs]))))
+                                       float(np.mean([v.clean for v in vs])), _bits(vs)))
     overall = CategoryResult("overall", len(verdicts), float(np.mean([v.good for v in verdicts])),
-                             float(np.mean([v.clean for v in verdicts])))
+                             float(np.mean([v.clean for v in verdicts])), _bits(verdicts))
     return EvalResult(model=model, categories=rows, overall=overall)
+
+
+def _bits(verdicts: list) -> str:
+    return "".join("1" if v.good else "0" for v in verdicts)
+
+
+def paired_change(base: str, tuned: str) -> tuple[float, float] | None:
+    """Change in the fraction judged good between two models judged on the same items, and its
+    standard error from the paired differences (smaller than the two SEs combined: the same
+    prompt and seed tends to pass or fail for both). None if the items are not the same."""
+    if not base or len(base) != len(tuned):
+        return None
+    d = np.array([int(t) - int(b) for b, t in zip(base, tuned, strict=True)], dtype=float)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
 def score_images(model: str, prompts: list[Prompt], images: np.ndarray, seeds: list[int],

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -94,6 +95,24 @@ def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
     assert load_base_eval(config(guidance=3.0), tmp_path / "other.png") is None
     (base / "weights.bin").write_bytes(b"v2")  # retrained weights: a new key, evaluated afresh
     assert base_eval_key(config()) != key and load_base_eval(config(), tmp_path / "other.png") is None
+
+
+def test_the_change_gets_a_standard_error_from_paired_verdicts():
+    from t2i_rlhf.evaluation import CategoryResult, EvalResult, paired_change
+    from t2i_rlhf.online.report import paper_table
+
+    def result(bits: str) -> dict:
+        good = bits.count("1") / len(bits)
+        row = CategoryResult("count", len(bits), good, 1.0, bits)
+        return EvalResult("m", [row], CategoryResult("overall", len(bits), good, 1.0, bits), fid=1.0).to_dict()
+
+    base, tuned = "0011" * 25, "0111" * 25  # the same items; one in four flips from bad to good
+    change, se = paired_change(base, tuned)
+    assert change == 0.25 and abs(se - np.std([0, 1, 0, 0] * 25, ddof=1) / 10) < 1e-12
+    assert se < np.hypot(result(base)["overall"]["stderr"], result(tuned)["overall"]["stderr"])
+    assert paired_change(base, tuned[:-1]) is None  # different items: no pairing
+    table = paper_table(result(base), result(tuned), "tuned")
+    assert f"| overall | 50.0% ± 5.0 | 75.0% ± 4.3 | +25.0 ± {100 * se:.1f} |" in table
 
 
 # --- end to end ----------------------------------------------------------------------------------

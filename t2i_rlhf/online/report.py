@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from t2i_rlhf.evaluation import paired_change  # noqa: E402
 from t2i_rlhf.online.state import RunState  # noqa: E402
 from t2i_rlhf.shapes.vocab import CATEGORIES  # noqa: E402
 
@@ -35,6 +36,10 @@ def _alignment(ev: dict) -> dict[str, tuple[float, float]]:
     rows = {c["category"]: (c["good"], c["stderr"]) for c in ev["categories"]}
     rows["overall"] = (ev["overall"]["good"], ev["overall"]["stderr"])
     return rows
+
+
+def _verdicts(ev: dict) -> dict[str, str]:
+    return {c["category"]: c.get("verdicts", "") for c in [*ev["categories"], ev["overall"]]}
 
 
 def write_metrics(run_dir: Path, state: RunState) -> None:
@@ -69,13 +74,17 @@ def write_metrics(run_dir: Path, state: RunState) -> None:
 
 
 def paper_table(base: dict, tuned: dict, tuned_label: str) -> str:
-    """Per category: judged alignment of the base and the tuned model, with standard errors."""
+    """Per category: judged alignment of the base and the tuned model, with standard errors; the
+    change's own SE is from paired differences when both were judged on the same items."""
     b, t = _alignment(base), _alignment(tuned)
-    lines = [f"| category | base | {tuned_label} | change |", "|---|---|---|---|"]
+    base_bits, tuned_bits = _verdicts(base), _verdicts(tuned)
+    lines = [f"| category | base | {tuned_label} | change (± paired SE) |", "|---|---|---|---|"]
     for cat in [*CATEGORIES, "overall"]:
         if cat in b and cat in t:
+            paired = paired_change(base_bits.get(cat, ""), tuned_bits.get(cat, ""))
+            change = f"{100 * (t[cat][0] - b[cat][0]):+.1f}" + (f" ± {100 * paired[1]:.1f}" if paired else "")
             lines.append(f"| {cat} | {100 * b[cat][0]:.1f}% ± {100 * b[cat][1]:.1f} | "
-                         f"{100 * t[cat][0]:.1f}% ± {100 * t[cat][1]:.1f} | {100 * (t[cat][0] - b[cat][0]):+.1f} |")
+                         f"{100 * t[cat][0]:.1f}% ± {100 * t[cat][1]:.1f} | {change} |")
     if base.get("fid") is not None and tuned.get("fid") is not None:
         lines.append(f"| fidelity (Fréchet distance, lower is better) | {base['fid']:.3f} | {tuned['fid']:.3f} | "
                      f"{100 * (tuned['fid'] / base['fid'] - 1):+.1f}% |")
