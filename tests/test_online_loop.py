@@ -70,7 +70,7 @@ def test_missing_or_malformed_config_file(tmp_path):
 
 
 def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
-    from t2i_rlhf.online.base_eval_cache import base_eval_key, load_base_eval, store_base_eval
+    from t2i_rlhf.online.base_eval_cache import base_eval_key, cache_dir, load_base_eval, store_base_eval
 
     base, clip = tmp_path / "base", tmp_path / "clip"
     for d in (base, clip):
@@ -95,6 +95,8 @@ def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
     assert load_base_eval(config(guidance=3.0), tmp_path / "other.png") is None
     (base / "weights.bin").write_bytes(b"v2")  # retrained weights: a new key, evaluated afresh
     assert base_eval_key(config()) != key and load_base_eval(config(), tmp_path / "other.png") is None
+    remote = config().model_copy(update={"model": ci.model.model_copy(update={"base": "s3://b/sd", "clip": str(clip)})})
+    assert cache_dir(remote) is None  # weights it cannot fingerprint: never reused
 
 
 def test_the_change_gets_a_standard_error_from_paired_verdicts():

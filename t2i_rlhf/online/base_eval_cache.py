@@ -40,8 +40,9 @@ def base_eval_key(cfg: ExperimentConfig) -> str:
 
 
 def cache_dir(cfg: ExperimentConfig) -> Path | None:
-    """Where this config's base evaluation is kept; None where the storage is not local."""
-    if "://" in cfg.run.storage:
+    """Where this config's base evaluation is kept; None where the storage is not local or the
+    weights are not local directories (nothing to fingerprint them by)."""
+    if "://" in cfg.run.storage or not all(Path(p).is_dir() for p in (cfg.model.base, cfg.model.clip)):
         return None
     return Path(cfg.run.storage).absolute() / "cache" / "base-eval" / base_eval_key(cfg)
 
