@@ -19,7 +19,7 @@ from t2i_rlhf.actors.rollout import start_actors
 from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import grid_items, save_grid
 from t2i_rlhf.online import steps
-from t2i_rlhf.online.base_eval_cache import load_base_eval, store_base_eval
+from t2i_rlhf.online.base_eval_cache import cache_dir, load_base_eval, store_base_eval
 from t2i_rlhf.online.local_services import local_feedback_service, simulated_labellers, tokens
 from t2i_rlhf.online.report import paper_table, write_metrics, write_report
 from t2i_rlhf.online.state import RunState, StateStore
@@ -132,12 +132,13 @@ def run_experiment(cfg: ExperimentConfig) -> RunState:
             steps.push_weights(ctx, state.model_version, state.model_location)
             grid = grid_items("heldout", per_category=2)
             if state.base_eval is None and state.model_version == "base":
-                state.base_eval = load_base_eval(cfg, run_dir / "grid_base.png")
+                cached_at = cache_dir(cfg)  # fingerprints the weights once, for the load and the store
+                state.base_eval = load_base_eval(cached_at, run_dir / "grid_base.png")
                 if state.base_eval is None:
                     state.base_eval = steps.evaluate_current_model(ctx, "base")
                     save_grid(run_dir / "grid_base.png", [p.text for p, _ in grid[::8]],
                               steps.generate_with_actors(ctx, [(p.text, s) for p, s in grid]))
-                    store_base_eval(cfg, state.base_eval, run_dir / "grid_base.png")
+                    store_base_eval(cached_at, state.base_eval, run_dir / "grid_base.png")
                 store.save(state)
             for k in range(cfg.run.rounds):
                 run_round(d, k, pretrain_data)

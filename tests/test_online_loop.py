@@ -86,15 +86,15 @@ def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
 
     key = base_eval_key(config())
     assert base_eval_key(config()) == key and base_eval_key(config(guidance=3.0)) != key
-    assert load_base_eval(config(), tmp_path / "grid.png") is None  # nothing stored yet
+    assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") is None  # nothing stored yet
     (tmp_path / "made.png").write_bytes(b"png")
-    store_base_eval(config(), {"overall": {"good": 0.5}}, tmp_path / "made.png")
-    assert load_base_eval(config(), tmp_path / "grid.png") == {"overall": {"good": 0.5}}
+    store_base_eval(cache_dir(config()), {"overall": {"good": 0.5}}, tmp_path / "made.png")
+    assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") == {"overall": {"good": 0.5}}
     assert (tmp_path / "grid.png").read_bytes() == b"png"
-    assert load_base_eval(config(cache=False), tmp_path / "other.png") is None
-    assert load_base_eval(config(guidance=3.0), tmp_path / "other.png") is None
+    assert load_base_eval(cache_dir(config(cache=False)), tmp_path / "other.png") is None
+    assert load_base_eval(cache_dir(config(guidance=3.0)), tmp_path / "other.png") is None
     (base / "weights.bin").write_bytes(b"v2")  # retrained weights: a new key, evaluated afresh
-    assert base_eval_key(config()) != key and load_base_eval(config(), tmp_path / "other.png") is None
+    assert base_eval_key(config()) != key and load_base_eval(cache_dir(config()), tmp_path / "other.png") is None
     remote = config().model_copy(update={"model": ci.model.model_copy(update={"base": "s3://b/sd", "clip": str(clip)})})
     assert cache_dir(remote) is None  # weights it cannot fingerprint: never reused
 

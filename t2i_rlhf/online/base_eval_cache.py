@@ -40,16 +40,17 @@ def base_eval_key(cfg: ExperimentConfig) -> str:
 
 
 def cache_dir(cfg: ExperimentConfig) -> Path | None:
-    """Where this config's base evaluation is kept; None where the storage is not local or the
-    weights are not local directories (nothing to fingerprint them by)."""
-    if "://" in cfg.run.storage or not all(Path(p).is_dir() for p in (cfg.model.base, cfg.model.clip)):
+    """Where this config's base evaluation is kept; None where caching is off, the storage is
+    not local, or the weights are not local directories (nothing to fingerprint them by)."""
+    if not cfg.eval.cache_base or "://" in cfg.run.storage:
+        return None
+    if not all(Path(p).is_dir() for p in (cfg.model.base, cfg.model.clip)):
         return None
     return Path(cfg.run.storage).absolute() / "cache" / "base-eval" / base_eval_key(cfg)
 
 
-def load_base_eval(cfg: ExperimentConfig, grid_to: Path) -> dict | None:
-    """The cached evaluation (and its grid, copied to `grid_to`), or None."""
-    where = cache_dir(cfg) if cfg.eval.cache_base else None
+def load_base_eval(where: Path | None, grid_to: Path) -> dict | None:
+    """The evaluation cached at `where` (a `cache_dir`; its grid is copied to `grid_to`), or None."""
     if where is None or not (where / "eval.json").exists():
         return None
     shutil.copyfile(where / "grid.png", grid_to)
@@ -57,8 +58,7 @@ def load_base_eval(cfg: ExperimentConfig, grid_to: Path) -> dict | None:
     return json.loads((where / "eval.json").read_text())
 
 
-def store_base_eval(cfg: ExperimentConfig, result: dict, grid: Path) -> None:
-    where = cache_dir(cfg) if cfg.eval.cache_base else None
+def store_base_eval(where: Path | None, result: dict, grid: Path) -> None:
     if where is None or where.exists():
         return
     tmp = where.with_name(f"{where.name}.tmp-{uuid.uuid4().hex[:8]}")

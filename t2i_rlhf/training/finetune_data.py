@@ -177,9 +177,9 @@ def micro_batches(shard, batch_size: int, rows_per_worker: int, start: int, seed
     if not skip:
         offset = 0
     rows = load_shard(shard) if in_memory else None
+    n = len(next(iter(rows.values()))) if rows else 0
     while True:
         if rows is not None:
-            n = len(next(iter(rows.values())))
             order = np.random.default_rng(seed + epoch).permutation(n) if shuffle_buffer else np.arange(n)
             batches = ({k: v[order[i * batch_size:(i + 1) * batch_size]] for k, v in rows.items()}
                        for i in range(per_epoch))
