@@ -27,6 +27,10 @@ class RunSection(_Strict):
     storage: str = Field("runs", description="local path or URI; everything the run writes lives under it")
     rounds: int = Field(..., ge=1)
     seed: int = 0
+    finetune_from: Literal["previous", "base"] = Field(
+        "previous", description="what each round fine-tunes: the previous round's model on the round's "
+        "samples, or the base model on every round's samples so far, all re-scored by the latest reward "
+        "model (as ReST-EM does, so that one round's drift does not compound)")
 
 
 class ModelSection(_Strict):

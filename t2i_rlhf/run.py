@@ -67,7 +67,9 @@ def run_round(d: Driver, k: int, pretrain_data: str) -> None:
     rm = d.step(k, "reward_model", lambda: steps.train_reward(ctx, k))
     d.state.reward_model_version, d.state.reward_model_location = rm["version"], rm["location"]
     d.step(k, "rescore", lambda: steps.rescore_samples(ctx, k))
-    base = d.state.model_location or ctx.cfg.model.base
+    base = ctx.cfg.model.base
+    if ctx.cfg.run.finetune_from == "previous":
+        base = d.state.model_location or base
     tuned = d.step(k, "finetune", lambda: steps.finetune(ctx, k, base, pretrain_data))
     if d.state.model_version != tuned["version"]:
         steps.push_weights(ctx, tuned["version"], tuned["location"])

@@ -185,8 +185,9 @@ def test_two_node_run_places_generation_and_training_on_different_nodes(tmp_path
 
 
 def test_killed_driver_resumes_to_the_same_counts(tmp_path, ray_session):
+    """Also the loop's other mode: each round fine-tunes the base on every round's samples so far."""
     address = ray_session.get_runtime_context().gcs_address
-    config = write_config(tmp_path, **{"run.storage": str(tmp_path / "runs")})
+    config = write_config(tmp_path, **{"run.storage": str(tmp_path / "runs"), "run.finetune_from": "base"})
     run_dir = tmp_path / "runs" / "shapes-ci"
     cmd = [sys.executable, "-m", "t2i_rlhf.run", "--config", str(config)]
     first = subprocess.Popen(cmd, env=driver_env(address), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -215,6 +216,11 @@ def test_killed_driver_resumes_to_the_same_counts(tmp_path, ray_session):
     assert counts["labels"] == expected["labels"]
     if "steps" in expected:
         assert counts["steps"] == expected["steps"]
+    # round 1 trained the base on both rounds' samples, re-scored by round 1's reward model
+    scored = pq.read_table(run_dir / "round-0001" / "scored.parquet", columns=["sample_id", "reward"])
+    assert scored.num_rows == 2 * cfg.rollout.samples_per_round
+    manifest = json.loads((run_dir / "models" / "r0001" / "manifest.json").read_text())
+    assert manifest["parent_version"] == "base"
     # no label was stored twice in the feedback database either
     labelled = pq.read_table(run_dir / "samples" / "round-00000" / "labels")
     assert pc.count_distinct(labelled.column("sample_id")).as_py() == cfg.labelling.labels_per_round

@@ -192,8 +192,10 @@ def train_reward(ctx: LoopContext, round: int) -> dict:
 
 
 def rescore_samples(ctx: LoopContext, round: int) -> dict:
-    """Score the round's samples with the new reward model: the r_i of the fine-tuning loss."""
-    table = load_round(ctx.samples_root, round)
+    """Score what this round fine-tunes on with the new reward model: the r_i of the loss. That is
+    the round's samples, or with `run.finetune_from: base` every round's so far."""
+    first = 0 if ctx.cfg.run.finetune_from == "base" else round
+    table = pa.concat_tables(load_round(ctx.samples_root, r) for r in range(first, round + 1))
     batches = table.to_batches(max_chunksize=64)
     refs = [ctx.scorers[i % len(ctx.scorers)].score_batch.remote(b) for i, b in enumerate(batches)]
     scored = pa.Table.from_batches(ray.get(refs))
