@@ -54,6 +54,7 @@ def test_shipped_configs_validate(name):
     ({"model.clip": "/nonexistent/clip"}, "model.clip"),
     ({"labelling.labels_per_round": 10_000}, "labels_per_round"),
     ({"labelling.selection": "vibes"}, "labelling.selection"),
+    ({"run.finetune_from": "latest"}, "run.finetune_from"),
 ])
 def test_bad_configs_are_clear_errors(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
