@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_data import micro_batches, started
+from t2i_rlhf.training.finetune_data import micro_batches
 from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
 from t2i_rlhf.training.finetune_trainer import cpus_needed
 from t2i_rlhf.training.finetune_worker import amp_dtype, drop_captions, steps_for
@@ -175,13 +175,6 @@ def test_in_memory_shard_walks_like_the_stream_and_resumes_exactly():
     assert [b for _, b in fresh[:4]] != [b for _, b in fresh[4:8]]
     assert epochs(4, 8) == fresh[4:]  # a resume at an epoch boundary: next epoch, no repeat
     assert epochs(6, 2) == fresh[6:8]  # mid-epoch: the same permutation, skipping what was done
-
-
-def test_a_started_stream_yields_the_same_batches_and_raises_the_same_errors():
-    fresh = _take(micro_batches(FakeShard(10), 3, 10, start=2, seed=0, in_memory=True), 5)
-    assert _take(started(micro_batches(FakeShard(10), 3, 10, start=2, seed=0, in_memory=True)), 5) == fresh
-    with pytest.raises(ValueError, match="fewer than one micro-batch"):
-        next(started(micro_batches(FakeShard(2), 3, 2, start=0, seed=0)))
 
 
 def test_cli_flags_override_the_yaml_config(tmp_path):

@@ -19,9 +19,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +31,6 @@ from t2i_rlhf.fingerprint import files_fingerprint
 from t2i_rlhf.samples import parquet_files
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 MODEL_COLUMNS = ["latents", "latent_shape", "prompt"]
 PRETRAIN_COLUMNS = ["latents", "latent_shape", "caption"]
@@ -159,23 +155,6 @@ def load_shard(shard, chunk: int = 4096) -> dict[str, np.ndarray]:
                 values = np.stack([np.asarray(v, dtype=np.float32) for v in values])
             parts.setdefault(name, []).append(values)
     return {name: np.concatenate(v) for name, v in parts.items()}
-
-
-def started(stream: Iterator[T]) -> Iterator[T]:
-    """The same stream, with its first item already being produced in a background thread.
-
-    A worker's first batch is its slowest (Ray Data starts a read pipeline; an in-memory shard is
-    read whole), and it does not depend on the model: producing it while the UNet loads, and the
-    two sources' first batches at the same time, takes that wait off every round's start."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="first-batch")
-    first = pool.submit(next, stream)
-    pool.shutdown(wait=False)
-
-    def chained() -> Iterator[T]:
-        yield first.result()
-        yield from stream
-
-    return chained()
 
 
 def micro_batches(shard, batch_size: int, rows_per_worker: int, start: int, seed: int,

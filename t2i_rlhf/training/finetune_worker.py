@@ -17,7 +17,6 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_data import batch_latents, micro_batches, started
+from t2i_rlhf.training.finetune_data import batch_latents, micro_batches
 from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
 from t2i_rlhf.training.finetune_model import EMA_DIR, StartingPoint, load_unet, save_weights, unwrap
 
@@ -192,17 +191,21 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as ckpt_dir:
         resume = Path(ckpt_dir) if ckpt_dir else None
-        state = torch.load(resume / TRAIN_STATE, weights_only=False) if resume else None
-        step = int(state["step"]) if state else 0
-        # the data position follows from the step alone, so both sources start reading now,
-        # while the models load
-        model_stream, pre_stream = _streams(config, cfg, micro=step * cfg.grad_accum)
         tuner = Finetuner(cfg, start, device, resume, wrap=ray.train.torch.prepare_model)
-        if state:
-            tuner.load_state_dict(state)
+        step = tuner.load_state_dict(torch.load(resume / TRAIN_STATE, weights_only=False)) if resume else 0
     if resume:
         log.info("worker %d resumed at step %d of %d", rank, step, total)
 
+    micro = step * cfg.grad_accum  # micro-batches already consumed: the data position
+    in_memory = config.get("in_memory", {})
+    model_stream = micro_batches(ray.train.get_dataset_shard("model"), cfg.model_batch,
+                                 config["model_rows_per_worker"], micro, cfg.seed, cfg.shuffle_buffer,
+                                 in_memory=in_memory.get("model", False))
+    pre_stream = None
+    if cfg.uses_pretrain:
+        pre_stream = micro_batches(ray.train.get_dataset_shard("pretrain"), cfg.pretrain_batch,
+                                   config["pretrain_rows_per_worker"], micro, cfg.seed + 7919,
+                                   cfg.shuffle_buffer, skip=False, in_memory=in_memory.get("pretrain", False))
     per_epoch = config["model_rows_per_worker"] // cfg.model_batch / cfg.grad_accum
     window: list[dict[str, float]] = []
     first = step
@@ -224,23 +227,6 @@ def train_loop_per_worker(config: dict) -> None:
                           steps_this_run=step - first)
             window = []
             _report(report, tuner, step, rank, save)
-
-
-def _streams(config: dict, cfg: FinetuneConfig, micro: int) -> tuple[Iterator, Iterator | None]:
-    """The worker's model-sample and pre-training micro-batch streams from micro-batch `micro`
-    (the data position), each already producing its first batch."""
-    import ray.train
-
-    in_memory = config.get("in_memory", {})
-    model_stream = micro_batches(ray.train.get_dataset_shard("model"), cfg.model_batch,
-                                 config["model_rows_per_worker"], micro, cfg.seed, cfg.shuffle_buffer,
-                                 in_memory=in_memory.get("model", False))
-    pre_stream = None
-    if cfg.uses_pretrain:
-        pre_stream = started(micro_batches(
-            ray.train.get_dataset_shard("pretrain"), cfg.pretrain_batch, config["pretrain_rows_per_worker"],
-            micro, cfg.seed + 7919, cfg.shuffle_buffer, skip=False, in_memory=in_memory.get("pretrain", False)))
-    return started(model_stream), pre_stream
 
 
 def _maybe_inject_failure(config: dict, step: int, rank: int) -> None:
