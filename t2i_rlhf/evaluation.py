@@ -81,15 +81,13 @@ def eval_prompts(per_category: int, split: str = "heldout", seed: int = 0) -> li
 
 
 def load_pipeline(model: str | Path, threads: int | None = None):
-    """A StableDiffusionPipeline from a local directory (never the hub)."""
-    from diffusers import StableDiffusionPipeline
+    """A StableDiffusionPipeline from a local directory (never the hub): a diffusers pipeline, or
+    a model version the loop wrote (runs/<name>/models/rNNNN), on its base pipeline."""
+    from t2i_rlhf.training.finetune_model import version_pipeline
 
-    path = Path(model)
-    if not (path / "model_index.json").exists():
-        raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
     if threads:
         torch.set_num_threads(threads)
-    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
+    pipe = version_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

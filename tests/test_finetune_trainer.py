@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from t2i_rlhf.evaluation import load_pipeline
 from t2i_rlhf.model_version import read_manifest
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
@@ -59,6 +60,11 @@ def test_full_unet_version_exports_and_materialises(tmp_path, sd_model_dir):
     images = _generate(materialize_pipeline(tmp_path / "v", tmp_path / "pipe"))
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
     assert resolve_base(tmp_path / "v").parent_kind == "unet"
+    # `t2i-rlhf eval --model <version>` loads the version itself, as the merged pipeline generates
+    direct = load_pipeline(tmp_path / "v")
+    again = direct("two red circles", num_inference_steps=2, guidance_scale=2.0, output_type="np",
+                   generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_allclose(again, images, atol=1e-5)
 
 
 def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model_dir):

@@ -24,7 +24,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="judge a model's images per category; fidelity; sample grid")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="diffusers pipeline directory")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                   help="diffusers pipeline directory, or a model version the loop wrote (runs/<name>/models/rNNNN)")
     add_eval_args(p)
     p.set_defaults(func=run)
 

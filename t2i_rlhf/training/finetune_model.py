@@ -126,9 +126,9 @@ def export_version(checkpoint_dir: Path, out_dir: Path, manifest: ModelManifest)
     return out_dir
 
 
-def materialize_pipeline(version_or_pipeline: str | Path, out_dir: str | Path) -> Path:
-    """A complete pipeline directory for a model version (its UNet, or the base UNet with its LoRA
-    merged in) that `StableDiffusionPipeline.from_pretrained(out_dir)` loads on its own."""
+def version_pipeline(version_or_pipeline: str | Path) -> StableDiffusionPipeline:
+    """The pipeline a model version generates with: its base pipeline with the version's UNet,
+    or with its LoRA fused in. A pipeline directory loads as it is."""
     start = resolve_base(version_or_pipeline)
     pipe = StableDiffusionPipeline.from_pretrained(start.pipeline_dir, local_files_only=True)
     if start.parent_kind == "unet":
@@ -137,9 +137,15 @@ def materialize_pipeline(version_or_pipeline: str | Path, out_dir: str | Path) -
         pipe.load_lora_weights(str(Path(start.version_dir) / "lora"), weight_name=LORA_WEIGHTS)
         pipe.fuse_lora()
         pipe.unload_lora_weights()
+    return pipe
+
+
+def materialize_pipeline(version_or_pipeline: str | Path, out_dir: str | Path) -> Path:
+    """A complete pipeline directory for a model version (its UNet, or the base UNet with its LoRA
+    merged in) that `StableDiffusionPipeline.from_pretrained(out_dir)` loads on its own."""
     out = Path(out_dir)
-    pipe.save_pretrained(out)
-    log.info("materialised %s (%s) into %s", start.parent_version, start.parent_kind or "pipeline", out)
+    version_pipeline(version_or_pipeline).save_pretrained(out)
+    log.info("materialised %s into %s", version_or_pipeline, out)
     return out
 
 
