@@ -78,7 +78,7 @@ class LabellingSection(_Strict):
 class EvalSection(_Strict):
     per_category: int = Field(96, ge=1)
     steps: int = Field(20, ge=1)
-    guidance: float = Field(2.0, ge=0)  # the shapes base at its best; SD is usually sampled at 7.5
+    guidance: float = Field(1.0, ge=0)  # as the shapes rollouts sample; SD is usually sampled at 7.5
     every_round: bool = True
     threads: int | None = None
     # reuse the base model's evaluation from an earlier run with the same weights, judge and

@@ -13,9 +13,9 @@ class GenerationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(20, ge=1, description="denoising steps (DDIM)")
+    steps: int = Field(20, ge=1, description="denoising steps")
     guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance; <=1 disables it")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta; 0 keeps sampling deterministic")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta; other schedulers ignore it")
     height: int = Field(32, ge=8)
     width: int = Field(32, ge=8)
     batch_size: int = Field(8, ge=1, description="samples per pipeline call")

@@ -14,8 +14,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-category", type=int, default=96, help="images per category (>= 96 to see a change)")
     p.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=2.0,
-                   help="classifier-free guidance (2: where the shapes base is at its best)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance (1 = none: as the shapes rollouts sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)

@@ -3,7 +3,7 @@ so everything downstream treats them as it would SD 1.5 and CLIP ViT-L/14."""
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from t2i_rlhf.models.tokenizer import BOS, EOS, MAX_LENGTH
@@ -68,8 +68,13 @@ def make_train_scheduler(zero_snr: bool = False) -> DDPMScheduler:
     return DDPMScheduler(**SCHEDULER_KW, **(ZERO_SNR_KW if zero_snr else {}))
 
 
-def make_sample_scheduler(zero_snr: bool = False) -> DDIMScheduler:
+def make_sample_scheduler(zero_snr: bool = False) -> DDIMScheduler | DPMSolverMultistepScheduler:
+    """The pipeline's sampler. With zero terminal SNR: SDE-DPM-Solver++ (2nd order), whose fresh
+    noise at each step corrects what a deterministic sampler carries to the end: at 20 steps and
+    no guidance the shipped base drew 90–91% clean images with it against 83% with DDIM
+    (README, "Base models"). Noise comes from the caller's generators, so seeds still fix images."""
     if zero_snr:
-        return DDIMScheduler(**SCHEDULER_KW, **ZERO_SNR_KW, clip_sample=False, timestep_spacing="trailing",
-                             steps_offset=1)  # unused with trailing steps; 1 keeps diffusers quiet
+        return DPMSolverMultistepScheduler(**SCHEDULER_KW, **ZERO_SNR_KW, algorithm_type="sde-dpmsolver++",
+                                           timestep_spacing="trailing", final_sigmas_type="zero",
+                                           steps_offset=1)  # unused with trailing steps; keeps diffusers quiet
     return DDIMScheduler(**SCHEDULER_KW, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
