@@ -27,10 +27,12 @@ from diffusers import (
 
 from t2i_rlhf.evaluation import eval_prompts, generate, judge_table, load_pipeline
 
+# DDIM's own defaults clip x0 to [-1, 1], which is wrong for latents: the pipeline shipped with these
+DDIM_KW = {"clip_sample": False, "set_alpha_to_one": True}
 ARMS = {  # name -> (scheduler class, extra config, steps)
     "shipped": (None, {}, 20),
-    "ddim": (DDIMScheduler, {}, 20),
-    "ddim-50": (DDIMScheduler, {}, 50),
+    "ddim": (DDIMScheduler, DDIM_KW, 20),
+    "ddim-50": (DDIMScheduler, DDIM_KW, 50),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"}, 20),
     "unipc": (UniPCMultistepScheduler, {"final_sigmas_type": "zero"}, 20),
     "euler-ancestral-30": (EulerAncestralDiscreteScheduler, {}, 30),
