@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--pretrain", type=int, default=20_000, help="pre-training examples for the beta term")
     ap.add_argument("--per-category", type=int, default=96, help="held-out evaluation images per category")
     ap.add_argument("--gen-steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=1.0, help="evaluation guidance (1: as the loop judges)")
     ap.add_argument("--sample-guidance", type=float, help="guidance of the training samples (default: --guidance)")
     ap.add_argument("--train-data", choices=["samples", "renders"], default="samples",
                     help="base-model samples judged by the oracle, or renders with r = 1 (the upper bound)")

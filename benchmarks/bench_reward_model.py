@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--source", choices=["model", "rendered"], default="model",
                     help="images from the base model (the benchmark) or the renderer (backbone check)")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=1.0, help="guidance of the images (1: as the rollouts sample)")
     ap.add_argument("--epochs", type=int, default=None, help="override RewardTrainingConfig.epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)

@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.0, help="fixed EMA decay (0: off)")
     ap.add_argument("--judge", type=int, default=64, help="judged images per category at the end (0: none)")
     ap.add_argument("--split", choices=["heldout", "train"], default="heldout")
-    ap.add_argument("--eval-guidance", type=float, nargs="+", default=[5.0],
+    ap.add_argument("--eval-guidance", type=float, nargs="+", default=[1.0],
                     help="classifier-free guidance scales to judge at")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
