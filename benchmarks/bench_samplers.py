@@ -6,7 +6,7 @@ the same held-out (prompt, seed) items: overall judged good, count, clean, secon
 scheduler is the baseline arm, run in the same process.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_samplers.py                  # all arms, 96/cat
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_samplers.py --arms sde-dpm++,ddim \
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_samplers.py --arms shipped,ddim \
         --guidance 1 2 --per-category 256 --seed 1                                   # a fresh set
 """
 
@@ -30,7 +30,7 @@ from t2i_rlhf.evaluation import eval_prompts, generate, judge_table, load_pipeli
 # DDIM's own defaults clip x0 to [-1, 1], which is wrong for latents: the pipeline shipped with these
 DDIM_KW = {"clip_sample": False, "set_alpha_to_one": True}
 ARMS = {  # name -> (scheduler class, extra config, steps)
-    "shipped": (None, {}, 20),
+    "shipped": (None, {}, 20),  # SDE-DPM-Solver++ (models/architecture.make_sample_scheduler)
     "ddim": (DDIMScheduler, DDIM_KW, 20),
     "ddim-50": (DDIMScheduler, DDIM_KW, 50),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"}, 20),
@@ -38,7 +38,6 @@ ARMS = {  # name -> (scheduler class, extra config, steps)
     "euler-ancestral-30": (EulerAncestralDiscreteScheduler, {}, 30),
     "sde-dpm++-1st": (DPMSolverMultistepScheduler,
                       {"algorithm_type": "sde-dpmsolver++", "solver_order": 1, "final_sigmas_type": "zero"}, 20),
-    "sde-dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "zero"}, 20),
 }
 
 
