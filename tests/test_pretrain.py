@@ -49,3 +49,31 @@ def test_shipped_model_trains_and_samples_with_the_same_schedule(sd_model_dir):
     assert train.config.prediction_type == "v_prediction"
     assert train.config.rescale_betas_zero_snr
     assert np.isclose(float(train.alphas_cumprod[-1]), 0.0)
+
+
+def test_clip_stage_batches_by_clip_batch_resumes_and_saves_a_clip_model(tmp_path, clip_model_dir, monkeypatch):
+    """The CLIP stage draws `--clip-batch` pairs a step whatever the UNet's `--batch`, checkpoints,
+    and writes a CLIPModel directory the reward model's backbone loads like the shipped one."""
+    from transformers import CLIPModel
+
+    from t2i_rlhf.cli import main
+    from t2i_rlhf.models import pretrain as pretrain_module
+    from t2i_rlhf.training.reward_backbone import ClipBackbone
+
+    drawn: list[int] = []
+    real_examples = pretrain_module.examples
+    monkeypatch.setattr(pretrain_module, "examples", lambda first, n: drawn.append(n) or real_examples(first, n))
+    argv = ["pretrain", "--stages", "clip", "--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"),
+            "--clip-steps", "2", "--clip-batch", "6", "--batch", "2", "--threads", "1"]
+    assert main(argv) == 0
+    assert drawn == [6, 6]
+    assert torch.load(tmp_path / "work" / "clip.pt", weights_only=False)["step"] == 2
+
+    out = tmp_path / "models" / "shapes-clip"
+    shipped = CLIPModel.from_pretrained(clip_model_dir).config
+    assert CLIPModel.from_pretrained(out).config.vision_config.to_dict() == shipped.vision_config.to_dict()
+    backbone = ClipBackbone(out)
+    assert backbone.embed_texts(["two red circles"]).shape == (1, backbone.dim)
+
+    assert main(argv) == 0  # complete checkpoint: a re-run trains nothing more
+    assert drawn == [6, 6]

@@ -41,7 +41,8 @@ class PretrainConfig:
     out: Path = Path("models")
     work: Path = Path("runs/pretrain")
     vae_steps: int = 1300
-    clip_steps: int = 800
+    clip_steps: int = 2000
+    clip_batch: int = 512  # contrastive: a larger batch holds more negatives that differ only in count
     unet_steps: int = 5000
     unet_vsnr_steps: int = 3000  # then v-prediction with zero terminal SNR
     unet_examples: int = 50_000
@@ -174,7 +175,7 @@ def pretrain_clip(cfg: PretrainConfig) -> Path:
     clip = arch.make_clip(tokenizer)
     opt = torch.optim.AdamW(clip.parameters(), lr=1e-3, weight_decay=0.05)
     ckpt = Checkpointer(cfg.work / "clip.pt", clip=clip, opt=opt)
-    batch = 2 * cfg.batch
+    batch = cfg.clip_batch
 
     def step_fn(step: int) -> float:
         set_lr(opt, lr_at(step, cfg.clip_steps, 1e-3))
