@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--labels", default="500,1000,2000", help="label budgets (first N training images)")
     ap.add_argument("--heldout-images", type=int, default=800)
     ap.add_argument("--flip", type=float, default=0.1, help="share of training labels flipped")
-    ap.add_argument("--lambdas", default="0.5,0", help="auxiliary-loss weights to compare")
+    ap.add_argument("--lambdas", default="0.5,4,0", help="auxiliary-loss weights to compare")
     ap.add_argument("--source", choices=["model", "rendered"], default="model",
                     help="images from the base model (the benchmark) or the renderer (backbone check)")
     ap.add_argument("--steps", type=int, default=20)
