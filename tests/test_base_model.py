@@ -45,7 +45,6 @@ def test_pipeline_save_load_generate_offline(sd_model_dir, tmp_path, no_network)
     assert not (a[0] == c[0]).all()
 
 
-
 def test_stochastic_sampler_is_fixed_by_each_images_seed(sd_model_dir):
     """The shipped SDE sampler draws fresh noise every step, from each image's own generator: an
     image depends on its seed alone, not on the batch it was generated in."""
@@ -56,6 +55,7 @@ def test_stochastic_sampler_is_fixed_by_each_images_seed(sd_model_dir):
     alone = np.concatenate([generate(pipe, [item], steps=4, progress=False) for item in items])
     # batched float maths may round a pixel differently; noise drawn per batch would change whole images
     assert np.abs(together.astype(int) - alone.astype(int)).max() <= 2
+
 
 def test_load_pipeline_missing_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
