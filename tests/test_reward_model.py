@@ -14,6 +14,7 @@ import torch
 
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import parse_prompt, perturb, render
+from t2i_rlhf.training.reward_backbone import ClipBackbone
 from t2i_rlhf.training.reward_data import (
     heldout_mask,
     perturbation_table,
@@ -22,6 +23,7 @@ from t2i_rlhf.training.reward_data import (
     shapes_perturbations,
 )
 from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
+from t2i_rlhf.training.reward_margin import PromptMargin
 from t2i_rlhf.training.reward_metrics import accuracy, roc_auc
 from t2i_rlhf.training.reward_model import (
     CONFIG_FILE,
@@ -134,6 +136,44 @@ def test_checkpoint_round_trip_and_scores(tmp_path, clip_model_dir):
     assert model.score([], []).shape == (0,)
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         model.score(images, ["a red circle"])
+
+
+def test_prompt_margin_prefers_the_prompt_an_image_shows(clip_model_dir):
+    """The shipped CLIP, zero-shot: a render sits closer to its own prompt than to any of the
+    prompt's perturbations, and a perturbed prompt loses to one of its own (the true one)."""
+    backbone, margin = ClipBackbone(clip_model_dir), PromptMargin("shapes", 16)
+    prompts = ["a red circle", "two squares", "a triangle in the sea", "three blue circles in space",
+               "a green square", "four triangles", "a circle in the desert", "two white triangles in the city"]
+    images = [render(parse_prompt(t), seed=i) for i, t in enumerate(prompts)]
+    wrong = [perturb(parse_prompt(t), 1, seed=i)[0].text for i, t in enumerate(prompts)]
+    m = margin(backbone, backbone.embed_images(images), [[t, w] for t, w in zip(prompts, wrong, strict=True)])
+    assert m.shape == (8, 2)
+    assert (m[:, 0] > 0).sum() >= 7 and (m[:, 1] < 0).all(), m
+    assert len(margin.neighbours("four triangles")) == 11  # every other count/shape prompt: fewer than 16
+    # A prompt off the grammar has no perturbations, so no margin; the MLP reads it as the mean.
+    x = backbone.embed_images(images[:1])
+    assert torch.isnan(margin(backbone, x, [["a photo of a cat"]])).all()
+    mlp = RewardMLP(backbone.dim, hidden=8, margin=True).eval()
+    mlp.fit_standardisation(torch.randn(10, backbone.dim), torch.randn(10, backbone.dim), torch.randn(10) + 3)
+    z = backbone.embed_texts(["a photo of a cat"])
+    assert torch.equal(mlp(x, z, torch.tensor([math.nan])), mlp(x, z, mlp.m_mean.reshape(1)))
+    with pytest.raises(ValueError, match="prompt margin"):
+        mlp(x, z)
+
+
+def test_checkpoint_with_the_prompt_margin_scores_as_trained(tmp_path, clip_model_dir):
+    torch.manual_seed(0)
+    mlp = RewardMLP(embed_dim=64, hidden=32, margin=True)
+    mlp.fit_standardisation(torch.randn(10, 64), torch.randn(10, 64), torch.rand(10))
+    spec = RewardModelSpec(version="rm-m", backbone=str(clip_model_dir), embed_dim=64, hidden=32,
+                           margin_perturbation="shapes", margin_prompts=16)
+    model = load_reward_model(save_reward_model(tmp_path / "rm", spec, mlp))
+    prompts = ["a red circle", "two squares", "a photo of a cat"]
+    images = [render(parse_prompt(t), seed=i) for i, t in enumerate(prompts[:2])] + [np.zeros((32, 32, 3), np.uint8)]
+    x, z = model.backbone.embed_images(images), model.backbone.embed_texts(prompts)
+    m = PromptMargin("shapes", 16)(model.backbone, x, [[p] for p in prompts]).squeeze(1)
+    np.testing.assert_allclose(model.score(images, prompts), mlp.eval()(x, z, m).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_missing_backbone_is_a_clear_error(tmp_path):

@@ -62,7 +62,8 @@ def test_mse_term_alone_moves_r_towards_labels(judged, clip_model_dir, tmp_path)
 def test_auxiliary_term_ranks_true_prompt_over_perturbations(judged, clip_model_dir, tmp_path):
     m = {}
     for lam in (0.0, 0.5):
-        cfg = RewardTrainingConfig(backbone=str(clip_model_dir), lambda_aux=lam, n_prompts=4,
+        # The paper's term on its own: the prompt-margin input would rank prompts without it.
+        cfg = RewardTrainingConfig(backbone=str(clip_model_dir), lambda_aux=lam, n_prompts=4, prompt_margin=False,
                                    **{**FAST, "epochs": 60, "batch_size": 16})
         m[lam] = train_reward_model(judged, cfg, tmp_path / f"rm{lam}", f"lam{lam}")["train"]
     # The term it optimises drops, and the true prompt of most good images comes out on top.
@@ -93,6 +94,7 @@ def test_cli_train_and_eval_round_trip(judged, clip_model_dir, tmp_path, capsys)
     assert metrics["version"] == "rm-0001" and metrics["n_train"] + metrics["n_heldout"] == 160
     assert metrics["n_heldout"] > 0 and 0 <= metrics["heldout"]["accuracy"] <= 1
     assert cache.is_file()
+    assert json.loads((out / "reward_model.json").read_text())["margin_perturbation"] == "shapes"  # default input
     # The embedding cache is keyed to these backbone weights and reused.
     assert ClipBackbone(clip_model_dir).load_cache(cache)
     capsys.readouterr()

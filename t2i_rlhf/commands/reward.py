@@ -9,9 +9,9 @@ from pathlib import Path
 from t2i_rlhf.training.reward_config import RewardTrainingConfig
 
 # Config fields exposed as flags (the rest keep their defaults).
-_FLAGS = ("backbone", "hidden", "features", "lambda_aux", "temperature", "n_prompts", "perturbation",
-          "epochs", "lr", "weight_decay", "batch_size", "heldout", "heldout_fraction", "seed", "device",
-          "embedding_cache", "threads")
+_FLAGS = ("backbone", "hidden", "features", "dropout", "lambda_aux", "temperature", "n_prompts", "perturbation",
+          "margin_prompts", "epochs", "lr", "weight_decay", "batch_size", "heldout", "heldout_fraction", "seed",
+          "device", "embedding_cache", "threads")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         kind = type(f.default) if f.default is not None and not isinstance(f.default, str) else str
         kind = int if name == "threads" else kind
         t.add_argument("--" + name.replace("_", "-"), type=kind, default=f.default)
+    t.add_argument("--prompt-margin", action=argparse.BooleanOptionalAction,
+                   default=fields["prompt_margin"].default,
+                   help="input the backbone's zero-shot margin of the prompt over its perturbations")
     t.set_defaults(func=run_train)
 
     e = cmds.add_parser("eval", help="score labelled samples with a checkpoint: MSE, accuracy, AUC")
@@ -41,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from t2i_rlhf.training.reward_training import train_reward_model
 
-    cfg = RewardTrainingConfig(**{name: getattr(args, name) for name in _FLAGS})
+    cfg = RewardTrainingConfig(**{name: getattr(args, name) for name in (*_FLAGS, "prompt_margin")})
     metrics = train_reward_model(args.data, cfg, args.out, args.version or args.out.name)
     text = json.dumps(metrics, indent=2, default=float)
     if args.metrics:

@@ -13,19 +13,24 @@ Features = Literal["concat", "concat_product"]
 
 
 class RewardTrainingConfig(BaseModel):
-    """Defaults follow the paper (1024 hidden, λ = 0.5, T = 2)."""
+    """Loss defaults follow the paper (1024 hidden, λ = 0.5, T = 2). Dropout and 20 epochs keep
+    the head from memorising the labels people disagree on (README, "Reward model")."""
 
     model_config = ConfigDict(extra="forbid")
 
     backbone: str = "models/shapes-clip"  # any Hugging Face CLIPModel directory
     hidden: int = Field(1024, gt=0)
     features: Features = "concat_product"
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
     lambda_aux: float = Field(0.5, ge=0)  # weight of the prompt-classification term; 0 = MSE only
     temperature: float = Field(2.0, gt=0)
     n_prompts: int = Field(8, ge=2)  # N: the true prompt and N−1 perturbations
     perturbation: str = "shapes"  # "shapes" | "none" | "package.module:function" (see reward_data)
-    epochs: int = Field(60, gt=0)
+    # Input the backbone's zero-shot margin of the prompt over its perturbations (reward_margin);
+    # needs a perturbation function, and compares with up to `margin_prompts` of them.
+    prompt_margin: bool = True
+    margin_prompts: int = Field(16, ge=1)
+    epochs: int = Field(20, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(64, gt=0)

@@ -23,6 +23,7 @@ from torch import nn
 
 from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
 from t2i_rlhf.training.reward_config import Features
+from t2i_rlhf.training.reward_margin import PromptMargin
 
 log = logging.getLogger(__name__)
 
@@ -40,43 +41,68 @@ class RewardModelSpec(BaseModel):
     hidden: int = 1024
     features: Features = "concat_product"
     dropout: float = 0.0
+    # The zero-shot prompt margin input (reward_margin): its perturbation function and how many
+    # perturbations it compares with; None for a model without it.
+    margin_perturbation: str | None = None
+    margin_prompts: int = 16
     metrics: dict = {}
+
+    def prompt_margin(self) -> PromptMargin | None:
+        if self.margin_perturbation is None:
+            return None
+        return PromptMargin(self.margin_perturbation, self.margin_prompts)
 
 
 class RewardMLP(nn.Module):
-    """2-layer MLP on (image, text) embeddings -> r in [0, 1]. Broadcasts leading dims, so one
-    image against N prompts ([B, 1, d] with [B, N, d]) gives [B, N].
+    """2-layer MLP on (image, text) embeddings, and optionally the prompt margin, -> r in [0, 1].
+    Broadcasts leading dims, so one image against N prompts ([B, 1, d] with [B, N, d]) gives [B, N].
 
     Inputs are standardised per dimension with statistics of the training embeddings (buffers,
     saved with the weights): CLIP embeddings share a large common component, and what tells
     images apart lives in small deviations from it."""
 
     def __init__(self, embed_dim: int, hidden: int = 1024, features: Features = "concat_product",
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, margin: bool = False) -> None:
         super().__init__()
-        self.features = features
+        self.features, self.margin = features, margin
         for name in ("x_mean", "z_mean"):
             self.register_buffer(name, torch.zeros(embed_dim))
         for name in ("x_std", "z_std"):
             self.register_buffer(name, torch.ones(embed_dim))
-        n_in = embed_dim * (3 if features == "concat_product" else 2)
+        if margin:
+            self.register_buffer("m_mean", torch.zeros(()))
+            self.register_buffer("m_std", torch.ones(()))
+        n_in = embed_dim * (3 if features == "concat_product" else 2) + int(margin)
         self.net = nn.Sequential(
             nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
 
     @torch.no_grad()
-    def fit_standardisation(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+    def fit_standardisation(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                            margin: torch.Tensor | None = None) -> None:
         """Set the input statistics from training embeddings (before training)."""
         for prefix, e in (("x", image_emb), ("z", text_emb)):
             getattr(self, f"{prefix}_mean").copy_(e.mean(0))
             std = e.std(0) if len(e) > 1 else torch.ones_like(e[0])
             getattr(self, f"{prefix}_std").copy_(std.clamp_min(1e-6))
+        if self.margin and margin is not None:
+            known = margin[~torch.isnan(margin)]
+            if len(known) > 1:
+                self.m_mean.copy_(known.mean())
+                self.m_std.copy_(known.std().clamp_min(1e-6))
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                margin: torch.Tensor | None = None) -> torch.Tensor:
         x = (image_emb - self.x_mean) / self.x_std
         z = (text_emb - self.z_mean) / self.z_std
         x, z = torch.broadcast_tensors(x, z)
         parts = [x, z, x * z] if self.features == "concat_product" else [x, z]
+        if self.margin:
+            if margin is None:
+                raise ValueError("this reward model takes the prompt margin as an input")
+            # Unknown (no perturbations): the training mean, i.e. no evidence either way.
+            m = torch.nan_to_num((margin - self.m_mean) / self.m_std, nan=0.0)
+            parts.append(m.expand(x.shape[:-1]).unsqueeze(-1))
         return torch.sigmoid(self.net(torch.cat(parts, dim=-1)).squeeze(-1))
 
 
@@ -87,6 +113,7 @@ class RewardModel:
         self.spec = spec
         self.mlp = mlp.eval()
         self.backbone = backbone
+        self.margin = spec.prompt_margin()
 
     @property
     def version(self) -> str:
@@ -101,8 +128,10 @@ class RewardModel:
             return np.zeros(0, np.float32)
         x = self.backbone.embed_images(images, cache=False)
         z = self.backbone.embed_texts(list(prompts))
+        m = self.margin(self.backbone, x, [[p] for p in prompts]).squeeze(1) if self.margin else None
         device = next(self.mlp.parameters()).device
-        return self.mlp(x.to(device), z.to(device)).float().cpu().numpy().astype(np.float32)
+        m = m.to(device) if m is not None else None
+        return self.mlp(x.to(device), z.to(device), m).float().cpu().numpy().astype(np.float32)
 
 
 def save_reward_model(out_dir: str | Path, spec: RewardModelSpec, mlp: RewardMLP) -> Path:
@@ -132,7 +161,7 @@ def load_reward_model(
     if backbone is not None:
         spec = spec.model_copy(update={"backbone": str(backbone)})
     check_backbone_dir(spec.backbone)
-    mlp = RewardMLP(spec.embed_dim, spec.hidden, spec.features, spec.dropout)
+    mlp = RewardMLP(spec.embed_dim, spec.hidden, spec.features, spec.dropout, spec.margin_perturbation is not None)
     mlp.load_state_dict(load_file(Path(path) / WEIGHTS_FILE))
     enc = ClipBackbone(spec.backbone, device=device)
     if enc.dim != spec.embed_dim:

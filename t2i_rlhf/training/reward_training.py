@@ -25,6 +25,7 @@ from t2i_rlhf.training.reward_data import (
     resolve_perturbation,
 )
 from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
+from t2i_rlhf.training.reward_margin import PromptMargin
 from t2i_rlhf.training.reward_metrics import score_metrics
 from t2i_rlhf.training.reward_model import (
     RewardMLP,
@@ -58,19 +59,32 @@ class EmbeddedSet:
             self.valid[i, : len(row)] = True
         # The auxiliary term covers images labelled good whose prompt has perturbations.
         self.aux = (self.y > 0.5) & self.valid[:, 1:].any(dim=1)
+        # The prompt margin of every (image, candidate) pair; column 0 is the true prompt's.
+        self.margin = torch.full(self.cand.shape, torch.nan)
+        prompt_margin = margin_of(cfg)
+        if prompt_margin is not None:
+            rows = [row + [row[0]] * (cfg.n_prompts - len(row)) for row in cands]
+            self.margin = prompt_margin(backbone, self.x, rows)
 
     def to(self, device: torch.device) -> EmbeddedSet:
-        for name in ("text_table", "x", "z", "y", "cand", "valid", "aux"):
+        for name in ("text_table", "x", "z", "y", "cand", "valid", "aux", "margin"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+    def scores(self, mlp: RewardMLP, idx: torch.Tensor, candidates: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """r of samples `idx` with their true prompts; the good images among them (those in the
+        auxiliary term), and their r against all their candidate prompts (none if not asked)."""
+        r = mlp(self.x[idx], self.z[idx], self.margin[idx, 0])
+        good = idx[self.aux[idx]] if candidates else idx[:0]
+        r_cand = mlp(self.x[good].unsqueeze(1), self.text_table[self.cand[good]], self.margin[good])
+        return r, good, r_cand
 
     def batch_loss(
         self, mlp: RewardMLP, idx: torch.Tensor, cfg: RewardTrainingConfig
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The paper's loss on samples `idx`: MSE on all, prompt classification on the good ones."""
-        r = mlp(self.x[idx], self.z[idx])
-        good = idx[self.aux[idx]] if cfg.lambda_aux > 0 else idx[:0]
-        r_cand = mlp(self.x[good].unsqueeze(1), self.text_table[self.cand[good]])
+        r, good, r_cand = self.scores(mlp, idx, candidates=cfg.lambda_aux > 0)
         return reward_loss(r, self.y[idx], r_cand, self.valid[good], cfg.lambda_aux, cfg.temperature)
 
     @torch.no_grad()
@@ -80,9 +94,7 @@ class EmbeddedSet:
         idx = torch.nonzero(mask).squeeze(1)
         if len(idx) == 0:
             return {"n": 0}
-        r = mlp(self.x[idx], self.z[idx])
-        good = idx[self.aux[idx]]
-        r_cand = mlp(self.x[good].unsqueeze(1), self.text_table[self.cand[good]])
+        r, good, r_cand = self.scores(mlp, idx)
         mse = float(mse_term(r, self.y[idx]))
         out = {**score_metrics(r.cpu().numpy(), self.y[idx].cpu().numpy()), "mse": mse}
         if len(good):
@@ -92,6 +104,13 @@ class EmbeddedSet:
             out.update(prompt_ce=pc, prompt_accuracy=float((r_cand[:, 0] > best_neg).float().mean()))
         out["loss"] = mse + cfg.lambda_aux * out.get("prompt_ce", 0.0)
         return out
+
+
+def margin_of(cfg: RewardTrainingConfig) -> PromptMargin | None:
+    """The prompt-margin input, if configured and there is a perturbation function to give it."""
+    if not cfg.prompt_margin or cfg.perturbation == "none":
+        return None
+    return PromptMargin(cfg.perturbation, cfg.margin_prompts)
 
 
 def pick_device(name: str) -> torch.device:
@@ -128,8 +147,9 @@ def train_reward_model(
     if len(train_idx) == 0:
         raise ValueError("every labelled sample is held out; nothing left to train on")
 
-    mlp = RewardMLP(backbone.dim, config.hidden, config.features, config.dropout).to(device)
-    mlp.fit_standardisation(emb.x[train_idx], emb.z[train_idx])
+    margin = margin_of(config)
+    mlp = RewardMLP(backbone.dim, config.hidden, config.features, config.dropout, margin is not None).to(device)
+    mlp.fit_standardisation(emb.x[train_idx], emb.z[train_idx], emb.margin[train_idx, 0])
     opt = torch.optim.AdamW(mlp.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     for epoch in range(config.epochs):
@@ -157,6 +177,7 @@ def train_reward_model(
         # Absolute, so a scorer actor loads it whatever its working directory.
         version=version, backbone=str(Path(config.backbone).resolve()), embed_dim=backbone.dim,
         hidden=config.hidden, features=config.features, dropout=config.dropout,
+        margin_perturbation=margin.perturbation if margin else None, margin_prompts=config.margin_prompts,
         metrics={**metrics, "config": config.model_dump()},
     )
     save_reward_model(out_dir, spec, mlp.cpu())
