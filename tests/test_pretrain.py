@@ -51,9 +51,11 @@ def test_shipped_model_trains_and_samples_with_the_same_schedule(sd_model_dir):
     assert np.isclose(float(train.alphas_cumprod[-1]), 0.0)
 
 
-def test_clip_stage_batches_by_clip_batch_resumes_and_saves_a_clip_model(tmp_path, clip_model_dir, monkeypatch):
-    """The CLIP stage draws `--clip-batch` pairs a step whatever the UNet's `--batch`, checkpoints,
-    and writes a CLIPModel directory the reward model's backbone loads like the shipped one."""
+def test_clip_stage_batches_by_clip_batch_then_fine_tunes_on_hard_negatives_and_resumes(
+        tmp_path, clip_model_dir, monkeypatch):
+    """The CLIP stage draws `--clip-batch` pairs a step whatever the UNet's `--batch`; its hard-negative
+    phase starts from the contrastive weights and gives every caption one contradiction; both phases
+    checkpoint, and the stage writes a CLIPModel directory the reward model's backbone loads."""
     from transformers import CLIPModel
 
     from t2i_rlhf.cli import main
@@ -61,19 +63,28 @@ def test_clip_stage_batches_by_clip_batch_resumes_and_saves_a_clip_model(tmp_pat
     from t2i_rlhf.training.reward_backbone import ClipBackbone
 
     drawn: list[int] = []
-    real_examples = pretrain_module.examples
+    real_examples, real_negative = pretrain_module.examples, pretrain_module.hard_negative_caption
+    negatives: list[str] = []
     monkeypatch.setattr(pretrain_module, "examples", lambda first, n: drawn.append(n) or real_examples(first, n))
+    monkeypatch.setattr(pretrain_module, "hard_negative_caption",
+                        lambda c, rng: negatives.append(c) or real_negative(c, rng))
     argv = ["pretrain", "--stages", "clip", "--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"),
-            "--clip-steps", "2", "--clip-batch", "6", "--batch", "2", "--threads", "1"]
+            "--clip-steps", "2", "--clip-negative-steps", "1", "--clip-batch", "6", "--batch", "2", "--threads", "1"]
     assert main(argv) == 0
-    assert drawn == [6, 6]
-    assert torch.load(tmp_path / "work" / "clip.pt", weights_only=False)["step"] == 2
+    assert drawn == [6, 6, 6] and len(negatives) == 6
+    contrastive, fine_tuned = (torch.load(tmp_path / "work" / f"{n}.pt", weights_only=False)
+                               for n in ("clip", "clip_negatives"))
+    assert contrastive["step"] == 2 and fine_tuned["step"] == 1
+    name = "text_projection.weight"
+    assert not torch.equal(contrastive["clip"][name], fine_tuned["clip"][name])
 
     out = tmp_path / "models" / "shapes-clip"
+    saved = CLIPModel.from_pretrained(out)
+    assert torch.equal(saved.state_dict()[name], fine_tuned["clip"][name])
     shipped = CLIPModel.from_pretrained(clip_model_dir).config
-    assert CLIPModel.from_pretrained(out).config.vision_config.to_dict() == shipped.vision_config.to_dict()
+    assert saved.config.vision_config.to_dict() == shipped.vision_config.to_dict()
     backbone = ClipBackbone(out)
     assert backbone.embed_texts(["two red circles"]).shape == (1, backbone.dim)
 
-    assert main(argv) == 0  # complete checkpoint: a re-run trains nothing more
-    assert drawn == [6, 6]
+    assert main(argv) == 0  # complete checkpoints: a re-run trains nothing more
+    assert drawn == [6, 6, 6]

@@ -23,7 +23,13 @@ from t2i_rlhf.shapes import (
     render,
     sample_prompts,
 )
-from t2i_rlhf.shapes.captions import PRETRAIN_SCHEMA, CaptionPolicy, make_example, write_pretrain_parquet
+from t2i_rlhf.shapes.captions import (
+    PRETRAIN_SCHEMA,
+    CaptionPolicy,
+    hard_negative_caption,
+    make_example,
+    write_pretrain_parquet,
+)
 from t2i_rlhf.shapes.render import render_attributes
 
 
@@ -140,6 +146,25 @@ def test_caption_policy_rates():
     assert abs(with_colour - policy.colour_p) < 0.03
     # every caption parses in the prompt grammar's words
     assert all(parse_prompt(e["caption"]).shape == e["shape"] for e in ex)
+
+
+def test_hard_negative_captions_contradict_one_thing_the_caption_says():
+    """Each negative is a caption of the grammar that changes exactly one attribute the caption
+    names (one-versus-several where it has no count word) and never adds one."""
+    rng = np.random.default_rng(0)
+    edits = collections.Counter()
+    for seed in range(400):
+        caption = make_example(seed)["caption"]
+        negative = hard_negative_caption(caption, rng)
+        said, contradicted = parse_prompt(caption), parse_prompt(negative)
+        changed = [a for a in ("count", "shape", "colour", "scene") if getattr(said, a) != getattr(contradicted, a)]
+        if not changed:  # no count word: "a circle" <-> "circles"
+            assert said.count is None and (caption.split()[0] == "a") != (negative.split()[0] == "a")
+            changed = ["one-or-several"]
+        assert len(changed) == 1, (caption, negative)
+        assert changed[0] == "one-or-several" or getattr(said, changed[0]) is not None, (caption, negative)
+        edits[changed[0]] += 1
+    assert set(edits) == {"count", "one-or-several", "shape", "colour", "scene"}
 
 
 def test_pretrain_parquet_roundtrip(tmp_path):

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 STAGES = ("vae", "clip", "unet")
-NUMBERS = ("vae_steps", "clip_steps", "clip_batch", "unet_steps", "unet_vsnr_steps", "unet_examples", "batch", "seed",
-           "threads")
+NUMBERS = ("vae_steps", "clip_steps", "clip_batch", "clip_negative_steps", "unet_steps", "unet_vsnr_steps",
+           "unet_examples", "batch", "seed", "threads")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

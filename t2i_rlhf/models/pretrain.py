@@ -4,7 +4,8 @@ Three stages, each checkpointed every few hundred steps under `--work` so an int
 picks up where it stopped:
   1. vae  - AutoencoderKL on rendered images; L1 + MSE with pixels near edges weighted up,
             because blurred triangle tips and rounded square corners are what the judge fails.
-  2. clip - the shapes-CLIP dual encoder, contrastive on the noisy captions.
+  2. clip - the shapes-CLIP dual encoder, contrastive on the noisy captions, then fine-tuned
+            with a hard negative caption per image (NegCLIP, Yuksekgonul et al. 2023).
   3. unet - UNet + text encoder (initialised from shapes-CLIP's text tower, as SD uses CLIP's)
             on cached VAE latents of the noisy-caption data, with caption dropout for
             classifier-free guidance and an EMA of the weights: first with SD's ε-prediction
@@ -29,7 +30,7 @@ from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 from t2i_rlhf.models import architecture as arch
 from t2i_rlhf.models.latents import encode_images, images_to_tensor, tensor_to_images
 from t2i_rlhf.models.tokenizer import build_char_tokenizer
-from t2i_rlhf.shapes.captions import make_example
+from t2i_rlhf.shapes.captions import hard_negative_caption, make_example
 from t2i_rlhf.shapes.judge import judge
 from t2i_rlhf.shapes.prompts import Prompt
 
@@ -43,6 +44,7 @@ class PretrainConfig:
     vae_steps: int = 1300
     clip_steps: int = 2000
     clip_batch: int = 512  # contrastive: a larger batch holds more negatives that differ only in count
+    clip_negative_steps: int = 1000  # then NegCLIP: each caption also competes with a contradiction of itself
     unet_steps: int = 5000
     unet_vsnr_steps: int = 3000  # then v-prediction with zero terminal SNR
     unet_examples: int = 50_000
@@ -188,6 +190,8 @@ def pretrain_clip(cfg: PretrainConfig) -> Path:
         return outputs.loss.item()
 
     run_steps("clip", ckpt, cfg.clip_steps, step_fn)
+    if cfg.clip_negative_steps:
+        finetune_clip_on_hard_negatives(cfg, clip, tokenizer)
     clip.save_pretrained(out)
     tokenizer.save_pretrained(out)
     CLIPImageProcessor(
@@ -195,6 +199,35 @@ def pretrain_clip(cfg: PretrainConfig) -> Path:
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(out)
     return out
+
+
+def finetune_clip_on_hard_negatives(cfg: PretrainConfig, clip: CLIPModel, tokenizer: CLIPTokenizer) -> None:
+    """Image-to-text contrast over the batch's captions plus one hard negative per caption.
+
+    Plain contrastive training on noisy captions leaves CLIP a bag of words: a batch rarely holds
+    two captions that differ only in count, so it never has to read the count. The reward model
+    needs exactly that, to rank a prompt over its perturbations. Text-to-image keeps the plain
+    contrast: a negative caption describes no image in the batch."""
+    opt = torch.optim.AdamW(clip.parameters(), lr=3e-4, weight_decay=0.05)
+    ckpt = Checkpointer(cfg.work / "clip_negatives.pt", clip=clip, opt=opt)
+    batch = cfg.clip_batch
+    target = torch.arange(batch)
+
+    def step_fn(step: int) -> float:
+        set_lr(opt, lr_at(step, cfg.clip_negative_steps, 3e-4, warmup=50))
+        ex = examples(60_000_000 + step * batch, batch)
+        rng = np.random.default_rng([cfg.seed, step])
+        captions = [e["caption"] for e in ex]
+        negatives = [hard_negative_caption(c, rng) for c in captions]
+        logits = clip(input_ids=tokenize(tokenizer, captions + negatives),
+                      pixel_values=images_to_tensor([e["image"] for e in ex])).logits_per_image
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :batch].T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    run_steps("clip-negatives", ckpt, cfg.clip_negative_steps, step_fn)
 
 
 # --- stage 3: UNet + text encoder ---------------------------------------------------------------

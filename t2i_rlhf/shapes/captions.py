@@ -21,7 +21,10 @@ import pyarrow.parquet as pq
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.shapes.prompts import format_caption
 from t2i_rlhf.shapes.render import render_attributes
-from t2i_rlhf.shapes.vocab import COLOURS, COUNT_WORDS, SCENES, SHAPES
+from t2i_rlhf.shapes.vocab import COLOURS, COUNT_WORDS, PLURALS, SCENES, SHAPES
+
+_COUNT_OF = {word: n for n, word in COUNT_WORDS.items()}
+_SHAPE_OF = {**{s: s for s in SHAPES}, **{plural: s for s, plural in PLURALS.items()}}
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,34 @@ def make_example(seed: int, policy: CaptionPolicy = CaptionPolicy()) -> dict:
     caption = format_caption(shape, cap_n, say_count, cap_colour, cap_scene)
     return {"image": image, "caption": caption, "count": n, "colour": colour, "shape": shape,
             "scene": scene, "seed": seed}
+
+
+def hard_negative_caption(caption: str, rng: np.random.Generator) -> str:
+    """`caption` contradicted in one thing it says: its count (or one-versus-several when it has
+    no count word), its shape, or its colour or scene if it names them, chosen uniformly.
+
+    These are NegCLIP's text-only hard negatives (Yuksekgonul et al. 2023): made from the caption's
+    words alone, with no knowledge of the image, they make a contrastive model tell "three" from
+    "two" instead of treating a caption as a bag of words."""
+    words = caption.split()
+    say_count = words[0] in _COUNT_OF
+    i = int(say_count or words[0] == "a")
+    colour = words[i] if words[i] in COLOURS else None
+    i += colour is not None
+    shape = _SHAPE_OF[words[i]]
+    n = _COUNT_OF[words[0]] if say_count else (1 if words[i] == shape else 2)  # bare plural: several
+    scene = words[-1] if words[-1] in SCENES else None
+    edits = ["count", "shape"] + ["colour"] * (colour is not None) + ["scene"] * (scene is not None)
+    edit = edits[int(rng.integers(len(edits)))]
+    if edit == "count":
+        n = _other(rng, list(COUNT_WORDS), n) if say_count else (2 if n == 1 else 1)
+    elif edit == "shape":
+        shape = _other(rng, list(SHAPES), shape)
+    elif edit == "colour":
+        colour = _other(rng, list(COLOURS), colour)
+    else:
+        scene = _other(rng, list(SCENES), scene)
+    return format_caption(shape, n, say_count, colour, scene)
 
 
 def write_pretrain_parquet(
