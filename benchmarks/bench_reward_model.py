@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=1.0, help="guidance of the images (1: as the rollouts sample)")
     ap.add_argument("--epochs", type=int, default=None, help="override RewardTrainingConfig.epochs")
+    ap.add_argument("--prompt-margin", action=argparse.BooleanOptionalAction, default=True,
+                    help="the zero-shot prompt-margin input (--no-prompt-margin: the paper's inputs only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/bench_reward"))
@@ -144,6 +146,7 @@ def main() -> None:
         table = labelled_table(tr_images[:n], tr_prompts[:n], noisy[:n])
         for lam in lambdas:
             overrides = {"epochs": args.epochs} if args.epochs else {}
+            overrides["prompt_margin"] = args.prompt_margin
             cfg = RewardTrainingConfig(backbone=str(args.clip), lambda_aux=lam, heldout="none",
                                        seed=args.seed, embedding_cache=cache, threads=args.threads,
                                        **overrides)
