@@ -61,10 +61,10 @@ class EmbeddedSet:
         self.aux = (self.y > 0.5) & self.valid[:, 1:].any(dim=1)
         # The prompt margin of every (image, candidate) pair; column 0 is the true prompt's.
         self.margin = torch.full(self.cand.shape, torch.nan)
-        prompt_margin = margin_of(cfg)
-        if prompt_margin is not None:
+        self.prompt_margin = margin_of(cfg)
+        if self.prompt_margin is not None:
             rows = [row + [row[0]] * (cfg.n_prompts - len(row)) for row in cands]
-            self.margin = prompt_margin(backbone, self.x, rows)
+            self.margin = self.prompt_margin(backbone, self.x, rows)
 
     def to(self, device: torch.device) -> EmbeddedSet:
         for name in ("text_table", "x", "z", "y", "cand", "valid", "aux", "margin"):
@@ -147,7 +147,7 @@ def train_reward_model(
     if len(train_idx) == 0:
         raise ValueError("every labelled sample is held out; nothing left to train on")
 
-    margin = margin_of(config)
+    margin = emb.prompt_margin
     mlp = RewardMLP(backbone.dim, config.hidden, config.features, config.dropout, margin is not None).to(device)
     mlp.fit_standardisation(emb.x[train_idx], emb.z[train_idx], emb.margin[train_idx, 0])
     opt = torch.optim.AdamW(mlp.parameters(), lr=config.lr, weight_decay=config.weight_decay)
