@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
-from t2i_rlhf.shapes import parse_prompt, perturb, render
+from t2i_rlhf.shapes import judge, parse_prompt, perturb, render
 from t2i_rlhf.training.reward_backbone import ClipBackbone
 from t2i_rlhf.training.reward_data import (
     heldout_mask,
@@ -32,6 +33,7 @@ from t2i_rlhf.training.reward_model import (
     load_reward_model,
     save_reward_model,
 )
+from t2i_rlhf.training.reward_views import ImageViews
 
 
 def sample_rows(prompts: list[str], labels: list[float | None], n_labels: list[int]) -> pa.Table:
@@ -161,13 +163,14 @@ def test_prompt_margin_prefers_the_prompt_an_image_shows(clip_model_dir):
         mlp(x, z)
 
 
-def test_checkpoint_with_the_prompt_margin_scores_as_trained(tmp_path, clip_model_dir):
+def test_checkpoint_with_the_margin_and_views_scores_as_trained(tmp_path, clip_model_dir):
     torch.manual_seed(0)
     mlp = RewardMLP(embed_dim=64, hidden=32, margin=True)
     mlp.fit_standardisation(torch.randn(10, 64), torch.randn(10, 64), torch.rand(10))
     spec = RewardModelSpec(version="rm-m", backbone=str(clip_model_dir), embed_dim=64, hidden=32,
-                           margin_perturbation="shapes", margin_prompts=16)
+                           margin_perturbation="shapes", margin_prompts=16, views=ImageViews())
     model = load_reward_model(save_reward_model(tmp_path / "rm", spec, mlp))
+    assert model.backbone.views == ImageViews()  # scores over the views it was trained on
     prompts = ["a red circle", "two squares", "a photo of a cat"]
     images = [render(parse_prompt(t), seed=i) for i, t in enumerate(prompts[:2])] + [np.zeros((32, 32, 3), np.uint8)]
     x, z = model.backbone.embed_images(images), model.backbone.embed_texts(prompts)
@@ -183,3 +186,27 @@ def test_missing_backbone_is_a_clear_error(tmp_path):
         load_reward_model(tmp_path / "rm")
     with pytest.raises(FileNotFoundError, match="no reward model"):
         load_reward_model(tmp_path / "elsewhere")
+
+
+def test_views_are_label_preserving_and_averaged(clip_model_dir):
+    """The default views (mirror, two small shifts) keep the judge's verdict on renders, and the
+    backbone embeds an image as the normalised mean of its views' embeddings."""
+    prompts = ["two red squares", "a triangle in the sea", "three blue circles in space", "four triangles",
+               "a green square", "two white triangles in the city"]
+    images = [render(parse_prompt(t), seed=i) for i, t in enumerate(prompts)]
+    views = ImageViews()
+    for image, text in zip(images, prompts, strict=True):
+        vs = views.of(image)
+        assert len(vs) == views.count == 6 and all(v.shape == image.shape for v in vs)
+        assert np.array_equal(vs[0], image) and np.array_equal(vs[3], image[:, ::-1])
+        assert np.array_equal(vs[1][:-2, :-2], image[2:, 2:]) and np.array_equal(vs[2][2:, 2:], image[:-2, :-2])
+        assert {judge(v, text).good for v in vs} == {judge(image, text).good}
+    one, many = ClipBackbone(clip_model_dir), ClipBackbone(clip_model_dir, views=views)
+    expected = torch.stack([F.normalize(one.embed_images(views.of(im)).mean(0), dim=0) for im in images])
+    torch.testing.assert_close(many.embed_images(images), expected, rtol=1e-4, atol=1e-5)
+    mirror_only = ClipBackbone(clip_model_dir, views=ImageViews(flip=True, shift=0))
+    torch.testing.assert_close(mirror_only.embed_images(images),
+                               mirror_only.embed_images([im[:, ::-1] for im in images]), rtol=1e-4, atol=1e-5)
+    assert ImageViews.single().count == 1 and ImageViews.single().of(images[0])[0] is not None
+    with pytest.raises(ValueError, match="shift"):
+        ImageViews(shift=0.7)

@@ -12,18 +12,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from t2i_rlhf.cli import main as cli_main
 from t2i_rlhf.samples import decode_png, png_bytes
 from t2i_rlhf.shapes import judge, parse_prompt, perturb, render, sample_prompts
 from t2i_rlhf.training.reward_backbone import ClipBackbone
+from t2i_rlhf.training.reward_data import read_labelled
 from t2i_rlhf.training.reward_model import load_reward_model
 from t2i_rlhf.training.reward_training import (
+    EmbeddedSet,
     RewardTrainingConfig,
+    agreement_weights,
     evaluate_reward_model,
     train_reward_model,
     train_reward_model_remote,
 )
+from t2i_rlhf.training.reward_views import ImageViews
 
 FAST = dict(hidden=256, epochs=30, lr=3e-3, heldout="none", threads=1)
 
@@ -95,8 +100,9 @@ def test_cli_train_and_eval_round_trip(judged, clip_model_dir, tmp_path, capsys)
     assert metrics["n_heldout"] > 0 and 0 <= metrics["heldout"]["accuracy"] <= 1
     assert cache.is_file()
     assert json.loads((out / "reward_model.json").read_text())["margin_perturbation"] == "shapes"  # default input
-    # The embedding cache is keyed to these backbone weights and reused.
-    assert ClipBackbone(clip_model_dir).load_cache(cache)
+    # The embedding cache is keyed to these backbone weights and views, and reused.
+    assert ClipBackbone(clip_model_dir, views=ImageViews()).load_cache(cache)
+    assert not ClipBackbone(clip_model_dir).load_cache(cache)  # one view: other embeddings
     capsys.readouterr()
     assert cli_main(["reward", "eval", "--model", str(out), "--data", str(data)]) == 0
     ev = json.loads(capsys.readouterr().out)
@@ -132,3 +138,21 @@ def test_trains_as_a_ray_task(ray_session, judged, clip_model_dir, tmp_path):
     metrics = ray_session.get(ref, timeout=300)
     assert metrics["n_train"] == 160 and metrics["version"] == "rm-ray"
     assert load_reward_model(tmp_path / "rm-ray").version == "rm-ray"
+
+
+def test_labels_the_other_prompts_contradict_weigh_less(judged, clip_model_dir):
+    """Cross-fitted label weights: flip a fifth of the judge's labels, and the heads trained on
+    the other folds of prompts give the flipped labels far less weight than the rest."""
+    data = read_labelled(judged)
+    flipped = np.random.default_rng(0).random(len(data)) < 0.2
+    data.labels = np.where(flipped, 1 - data.labels, data.labels).astype(np.float32)
+    cfg = RewardTrainingConfig(backbone=str(clip_model_dir), **FAST)
+    emb = EmbeddedSet(data, ClipBackbone(clip_model_dir, views=cfg.views), cfg)
+    w = agreement_weights(emb, torch.arange(len(data)), data.prompts, cfg, torch.device("cpu")).numpy()
+    assert ((w >= 0) & (w <= 1)).all()
+    assert w[flipped].mean() < w[~flipped].mean() - 0.3, (w[flipped].mean(), w[~flipped].mean())
+    # One prompt cannot be split into folds: every label keeps weight 1.
+    same = np.array([data.prompts[0]] * len(data))
+    assert (agreement_weights(emb, torch.arange(len(data)), list(same), cfg, torch.device("cpu")) == 1).all()
+    with pytest.raises(ValueError, match="label_folds"):
+        RewardTrainingConfig(label_folds=1)

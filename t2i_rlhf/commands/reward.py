@@ -10,8 +10,8 @@ from t2i_rlhf.training.reward_config import RewardTrainingConfig
 
 # Config fields exposed as flags (the rest keep their defaults).
 _FLAGS = ("backbone", "hidden", "features", "dropout", "lambda_aux", "temperature", "n_prompts", "perturbation",
-          "margin_prompts", "epochs", "lr", "weight_decay", "batch_size", "heldout", "heldout_fraction", "seed",
-          "device", "embedding_cache", "threads")
+          "margin_prompts", "label_folds", "epochs", "lr", "weight_decay", "batch_size", "heldout",
+          "heldout_fraction", "seed", "device", "embedding_cache", "threads")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--prompt-margin", action=argparse.BooleanOptionalAction,
                    default=fields["prompt_margin"].default,
                    help="input the backbone's zero-shot margin of the prompt over its perturbations")
+    views = fields["views"].default
+    t.add_argument("--view-flip", action=argparse.BooleanOptionalAction, default=views.flip,
+                   help="average in the mirror image (off when prompts name left or right)")
+    t.add_argument("--view-shift", type=float, default=views.shift,
+                   help="average in shifts by this fraction of the side (0: none)")
     t.set_defaults(func=run_train)
 
     e = cmds.add_parser("eval", help="score labelled samples with a checkpoint: MSE, accuracy, AUC")
@@ -44,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from t2i_rlhf.training.reward_training import train_reward_model
 
-    cfg = RewardTrainingConfig(**{name: getattr(args, name) for name in (*_FLAGS, "prompt_margin")})
+    cfg = RewardTrainingConfig(**{name: getattr(args, name) for name in (*_FLAGS, "prompt_margin")},
+                               views={"flip": args.view_flip, "shift": args.view_shift})
     metrics = train_reward_model(args.data, cfg, args.out, args.version or args.out.name)
     text = json.dumps(metrics, indent=2, default=float)
     if args.metrics:

@@ -1,7 +1,8 @@
 """The reward model's frozen backbone: a Hugging Face CLIPModel directory (shapes-CLIP by default,
 e.g. a local openai/clip-vit-large-patch14 on a cluster) that turns images and prompts into
 L2-normalised embeddings. It is never trained, so its embeddings are computed once and cached:
-images by a hash of their pixels, prompts by their text."""
+images by a hash of their pixels, prompts by their text. An image's embedding is the mean over
+its views (reward_views), one view by default."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from t2i_rlhf.fingerprint import tree_fingerprint
+from t2i_rlhf.training.reward_views import ImageViews
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,13 @@ def _features(out: torch.Tensor | object) -> torch.Tensor:
 class ClipBackbone:
     """Frozen CLIP dual encoder with in-memory embedding caches.
 
-    Embeddings are the projected CLIP features, L2-normalised, as CLIP compares them."""
+    Embeddings are the projected CLIP features, L2-normalised, as CLIP compares them; with
+    several views, the normalised mean of the views' embeddings."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 256) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 256,
+                 views: ImageViews | None = None) -> None:
         self.path = check_backbone_dir(path)
+        self.views = views or ImageViews.single()
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.model = CLIPModel.from_pretrained(self.path).to(self.device).eval().requires_grad_(False)
@@ -67,10 +72,14 @@ class ClipBackbone:
     @torch.no_grad()
     def _encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         out = []
-        for i in range(0, len(images), self.batch_size):
-            chunk = [np.asarray(im, dtype=np.uint8) for im in images[i : i + self.batch_size]]
-            pixels = self.processor(images=chunk, return_tensors="pt").pixel_values.to(self.device)
-            out.append(F.normalize(_features(self.model.get_image_features(pixel_values=pixels)), dim=-1))
+        step = max(1, self.batch_size // self.views.count)
+        for i in range(0, len(images), step):
+            # All views of a chunk in one forward pass, view-major: [views * chunk, ...].
+            chunk = [self.views.of(np.asarray(im, dtype=np.uint8)) for im in images[i : i + step]]
+            flat = [v[k] for k in range(self.views.count) for v in chunk]
+            pixels = self.processor(images=flat, return_tensors="pt").pixel_values.to(self.device)
+            feats = F.normalize(_features(self.model.get_image_features(pixel_values=pixels)), dim=-1)
+            out.append(F.normalize(feats.view(self.views.count, len(chunk), -1).mean(0), dim=-1))
         return torch.cat(out).float().cpu()
 
     @torch.no_grad()
@@ -115,7 +124,7 @@ class ClipBackbone:
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp.npz")
         np.savez(
-            tmp, fingerprint=np.array(backbone_fingerprint(self.path)),
+            tmp, fingerprint=np.array(self._cache_id()),
             text_keys=np.array(list(self._text), dtype=object),
             text=_stack(list(self._text.values()), self.dim),
             image_keys=np.array(list(self._image), dtype=object),
@@ -129,13 +138,19 @@ class ClipBackbone:
         if not p.is_file():
             return False
         with np.load(p, allow_pickle=True) as z:
-            if str(z["fingerprint"]) != backbone_fingerprint(self.path):
-                log.info("embedding cache %s is from other backbone weights; ignoring it", p)
+            if str(z["fingerprint"]) != self._cache_id():
+                log.info("embedding cache %s is from other backbone weights or views; ignoring it", p)
                 return False
             self._text.update(zip(z["text_keys"].tolist(), torch.from_numpy(z["text"]), strict=True))
             self._image.update(zip(z["image_keys"].tolist(), torch.from_numpy(z["image"]), strict=True))
         log.info("loaded %d image / %d text embeddings from %s", len(self._image), len(self._text), p)
         return True
+
+    def _cache_id(self) -> str:
+        """The weights' fingerprint, plus the views when there are several (a cache of one view
+        keeps the id it had before views existed)."""
+        fp = backbone_fingerprint(self.path)
+        return fp if self.views == ImageViews.single() else f"{fp}:{self.views.model_dump_json()}"
 
 
 def _stack(vectors: list[torch.Tensor], dim: int) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""The reward model's training options: pydantic only, so configs and the CLI validate them
+"""The reward model's training options: pydantic and numpy only, so configs and the CLI validate them
 without importing torch or the backbone."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from t2i_rlhf.training.reward_views import ImageViews
 
 # "concat" is the paper's input [x, z]; "concat_product" adds x ⊙ z, the per-dimension agreement
 # CLIP's similarity is built from, so a small MLP judges unseen prompt/image pairs from few labels.
@@ -13,8 +15,9 @@ Features = Literal["concat", "concat_product"]
 
 
 class RewardTrainingConfig(BaseModel):
-    """Loss defaults follow the paper (1024 hidden, λ = 0.5, T = 2). Dropout and 20 epochs keep
-    the head from memorising the labels people disagree on (README, "Reward model")."""
+    """Loss defaults follow the paper (1024 hidden, λ = 0.5, T = 2). Dropout, 20 epochs and the
+    label weights keep the head from learning the labels people disagree on; the views and the
+    prompt margin make more of a small backbone (README, "Reward model")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +33,11 @@ class RewardTrainingConfig(BaseModel):
     # needs a perturbation function, and compares with up to `margin_prompts` of them.
     prompt_margin: bool = True
     margin_prompts: int = Field(16, ge=1)
+    # Embed each image as the mean over these views (reward_views); ImageViews.single() = one.
+    views: ImageViews = ImageViews()
+    # Weigh each label by 1 − |y − r̂|, r̂ from heads trained on the other `label_folds` − 1
+    # folds of prompts, so labels the rest of the data contradicts count less; 0 = all weigh 1.
+    label_folds: int = Field(5, ge=0)
     epochs: int = Field(20, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -42,3 +50,10 @@ class RewardTrainingConfig(BaseModel):
     num_cpus: float = Field(1, ge=0)
     threads: int | None = Field(None, gt=0)  # torch CPU threads; 1 is fastest for this small MLP
     embedding_cache: str | None = None  # .npz file to keep backbone embeddings across runs
+
+    @field_validator("label_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("label_folds must be 0 (no label weights) or at least 2")
+        return v

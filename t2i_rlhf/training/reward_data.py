@@ -85,11 +85,14 @@ def heldout_mask(prompts: Sequence[str], mode: str, fraction: float = 0.1, seed:
                 return False
         return np.array([held(t) for t in prompts], dtype=bool)
     if mode == "fraction":
-        def bucket(text: str) -> float:
-            h = hashlib.sha1(f"{seed}:{text}".encode()).digest()
-            return int.from_bytes(h[:8], "big") / 2**64
-        return np.array([bucket(t) < fraction for t in prompts], dtype=bool)
+        return np.array([prompt_bucket(t, seed) < fraction for t in prompts], dtype=bool)
     raise ValueError(f"unknown held-out mode {mode!r}; expected 'shapes', 'fraction' or 'none'")
+
+
+def prompt_bucket(text: str, seed: int = 0) -> float:
+    """A seeded hash of a prompt in [0, 1): splits by prompt that do not depend on sample order."""
+    h = hashlib.sha1(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
 
 
 def shapes_perturbations(prompt: str, n: int, seed: int) -> list[str]:

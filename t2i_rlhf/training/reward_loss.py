@@ -6,7 +6,8 @@
 
 where z_1 = z is the true prompt and z_2..z_N are perturbations of it (count, colour, shape or
 scene swapped). The auxiliary prompt-classification term teaches r what in the prompt the image
-must agree with, which is what lets it generalise to unseen prompts."""
+must agree with, which is what lets it generalise to unseen prompts. The squared error may weigh
+samples unequally (reward_training: labels held-out heads contradict weigh less)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import torch
 import torch.nn.functional as F
 
 
-def mse_term(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """E[(y − r(x, z))²] over labelled samples; y is the mean of good=1 / bad=0 labels."""
-    return F.mse_loss(r, y)
+def mse_term(r: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """E[(y − r(x, z))²] over labelled samples, y the mean of good=1 / bad=0 labels; with
+    `weight`, the weighted mean."""
+    if weight is None:
+        return F.mse_loss(r, y)
+    return (weight * (r - y) ** 2).sum() / weight.sum().clamp_min(1e-8)
 
 
 def prompt_classification_term(
@@ -39,9 +43,11 @@ def reward_loss(
     valid: torch.Tensor,
     lam: float = 0.5,
     temperature: float = 2.0,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = MSE + λ · L_pc; returns the loss and its parts (floats, for logging)."""
-    mse = mse_term(r, y)
+    """L = MSE + λ · L_pc (the MSE weighted by `weight`, if given); returns the loss and its
+    parts (floats, for logging)."""
+    mse = mse_term(r, y, weight)
     pc = prompt_classification_term(r_candidates, valid, temperature) if lam > 0 else torch.zeros_like(mse)
     loss = mse + lam * pc
     return loss, {"loss": float(loss.detach()), "mse": float(mse.detach()), "prompt_ce": float(pc.detach())}

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
 from t2i_rlhf.training.reward_config import Features
 from t2i_rlhf.training.reward_margin import PromptMargin
+from t2i_rlhf.training.reward_views import ImageViews
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class RewardModelSpec(BaseModel):
     # perturbations it compares with; None for a model without it.
     margin_perturbation: str | None = None
     margin_prompts: int = 16
+    # The image views the embeddings average (a checkpoint from before views: one view).
+    views: ImageViews = Field(default_factory=ImageViews.single)
     metrics: dict = {}
 
     def prompt_margin(self) -> PromptMargin | None:
@@ -163,7 +166,7 @@ def load_reward_model(
     check_backbone_dir(spec.backbone)
     mlp = RewardMLP(spec.embed_dim, spec.hidden, spec.features, spec.dropout, spec.margin_perturbation is not None)
     mlp.load_state_dict(load_file(Path(path) / WEIGHTS_FILE))
-    enc = ClipBackbone(spec.backbone, device=device)
+    enc = ClipBackbone(spec.backbone, device=device, views=spec.views)
     if enc.dim != spec.embed_dim:
         raise ValueError(
             f"reward model {path} was trained on {spec.embed_dim}-d embeddings but backbone "

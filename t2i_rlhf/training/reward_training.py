@@ -1,8 +1,12 @@
 """Reward-model training: labelled samples -> a versioned reward-model checkpoint + metrics.
 
 The backbone is frozen, so every image and prompt (true and perturbed) is embedded once up
-front; an epoch then only runs the small MLP over cached tensors. Runs in-process or as a Ray
-task (`train_reward_model_remote`, a GPU on a cluster when `num_gpus` > 0)."""
+front; an epoch then only runs the small MLP over cached tensors. That makes extra heads cheap:
+before the final head, one head per fold of prompts predicts the labels of the others
+(cross-fitting), and each label weighs by how well that prediction agrees with it, so labels
+the rest of the data contradicts (people's slips and disagreements) count less, in the spirit
+of confident learning (Northcutt et al. 2021). Runs in-process or as a Ray task
+(`train_reward_model_remote`, a GPU on a cluster when `num_gpus` > 0)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from t2i_rlhf.training.reward_data import (
     LabelledSet,
     heldout_mask,
     perturbation_table,
+    prompt_bucket,
     read_labelled,
     resolve_perturbation,
 )
@@ -52,6 +57,7 @@ class EmbeddedSet:
         self.x = backbone.embed_images(data.images)
         self.z = self.text_table[[index[t] for t in data.prompts]]
         self.y = torch.from_numpy(data.labels).float()
+        self.weight = torch.ones_like(self.y)  # of each label in the MSE (agreement_weights)
         self.cand = torch.zeros(len(data), cfg.n_prompts, dtype=torch.long)
         self.valid = torch.zeros(len(data), cfg.n_prompts, dtype=torch.bool)
         for i, row in enumerate(cands):
@@ -67,7 +73,7 @@ class EmbeddedSet:
             self.margin = self.prompt_margin(backbone, self.x, rows)
 
     def to(self, device: torch.device) -> EmbeddedSet:
-        for name in ("text_table", "x", "z", "y", "cand", "valid", "aux", "margin"):
+        for name in ("text_table", "x", "z", "y", "weight", "cand", "valid", "aux", "margin"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -83,9 +89,11 @@ class EmbeddedSet:
     def batch_loss(
         self, mlp: RewardMLP, idx: torch.Tensor, cfg: RewardTrainingConfig
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The paper's loss on samples `idx`: MSE on all, prompt classification on the good ones."""
+        """The paper's loss on samples `idx`: MSE on all (by label weight), prompt classification
+        on the good ones."""
         r, good, r_cand = self.scores(mlp, idx, candidates=cfg.lambda_aux > 0)
-        return reward_loss(r, self.y[idx], r_cand, self.valid[good], cfg.lambda_aux, cfg.temperature)
+        return reward_loss(r, self.y[idx], r_cand, self.valid[good], cfg.lambda_aux, cfg.temperature,
+                           self.weight[idx])
 
     @torch.no_grad()
     def evaluate(self, mlp: RewardMLP, mask: torch.Tensor, cfg: RewardTrainingConfig) -> dict:
@@ -131,9 +139,8 @@ def train_reward_model(
         raise ValueError("no labelled samples to train the reward model on (skips do not count)")
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     device = pick_device(config.device)
-    backbone = ClipBackbone(config.backbone, device=str(device))
+    backbone = ClipBackbone(config.backbone, device=str(device), views=config.views)
     if config.embedding_cache:
         backbone.load_cache(config.embedding_cache)
     emb = EmbeddedSet(data, backbone, config)
@@ -147,42 +154,77 @@ def train_reward_model(
     if len(train_idx) == 0:
         raise ValueError("every labelled sample is held out; nothing left to train on")
 
+    if config.label_folds:
+        emb.weight = agreement_weights(emb, train_idx, data.prompts, config, device)
+    mlp = fit_head(emb, train_idx, config, device, config.seed)
+
+    w = emb.weight[train_idx]
+    metrics = {
+        "version": version,
+        "n_train": int(len(train_idx)),
+        "n_heldout": int(held.sum()),
+        "label_weights": {"folds": config.label_folds, "mean": float(w.mean()),
+                          "below_half": float((w < 0.5).float().mean())},
+        "train": emb.evaluate(mlp, ~held, config),
+        "heldout": emb.evaluate(mlp, held, config),
+        "embed_seconds": round(t_embed, 2),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
     margin = emb.prompt_margin
-    mlp = RewardMLP(backbone.dim, config.hidden, config.features, config.dropout, margin is not None).to(device)
-    mlp.fit_standardisation(emb.x[train_idx], emb.z[train_idx], emb.margin[train_idx, 0])
+    spec = RewardModelSpec(
+        # Absolute, so a scorer actor loads it whatever its working directory.
+        version=version, backbone=str(Path(config.backbone).resolve()), embed_dim=backbone.dim,
+        hidden=config.hidden, features=config.features, dropout=config.dropout,
+        margin_perturbation=margin.perturbation if margin else None, margin_prompts=config.margin_prompts,
+        views=config.views,
+        metrics={**metrics, "config": config.model_dump()},
+    )
+    save_reward_model(out_dir, spec, mlp.cpu())
+    log.info("reward model %s -> %s: %s", version, out_dir, _summary(metrics))
+    return metrics
+
+
+def fit_head(emb: EmbeddedSet, idx: torch.Tensor, config: RewardTrainingConfig, device: torch.device,
+             seed: int) -> RewardMLP:
+    """Train a fresh MLP on samples `idx` of `emb` (standardised by their statistics); eval mode."""
+    torch.manual_seed(seed)
+    mlp = RewardMLP(emb.x.shape[1], config.hidden, config.features, config.dropout,
+                    emb.prompt_margin is not None).to(device)
+    mlp.fit_standardisation(emb.x[idx], emb.z[idx], emb.margin[idx, 0])
     opt = torch.optim.AdamW(mlp.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(seed)
     for epoch in range(config.epochs):
         mlp.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).to(device)]
+        order = idx[torch.randperm(len(idx), generator=gen).to(device)]
         for batch in order.split(config.batch_size):
             loss, parts = emb.batch_loss(mlp, batch, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         if epoch == 0 or (epoch + 1) % max(1, config.epochs // 5) == 0:
-            log.info("reward epoch %d/%d: loss %.4f", epoch + 1, config.epochs, parts["loss"])
+            log.debug("reward epoch %d/%d: loss %.4f", epoch + 1, config.epochs, parts["loss"])
+    return mlp.eval()
 
-    mlp.eval()
-    metrics = {
-        "version": version,
-        "n_train": int(len(train_idx)),
-        "n_heldout": int(held.sum()),
-        "train": emb.evaluate(mlp, ~held, config),
-        "heldout": emb.evaluate(mlp, held, config),
-        "embed_seconds": round(t_embed, 2),
-        "seconds": round(time.monotonic() - t0, 2),
-    }
-    spec = RewardModelSpec(
-        # Absolute, so a scorer actor loads it whatever its working directory.
-        version=version, backbone=str(Path(config.backbone).resolve()), embed_dim=backbone.dim,
-        hidden=config.hidden, features=config.features, dropout=config.dropout,
-        margin_perturbation=margin.perturbation if margin else None, margin_prompts=config.margin_prompts,
-        metrics={**metrics, "config": config.model_dump()},
-    )
-    save_reward_model(out_dir, spec, mlp.cpu())
-    log.info("reward model %s -> %s: %s", version, out_dir, _summary(metrics))
-    return metrics
+
+def agreement_weights(emb: EmbeddedSet, train_idx: torch.Tensor, prompts: list[str],
+                      config: RewardTrainingConfig, device: torch.device) -> torch.Tensor:
+    """Per sample, 1 − |y − r̂|: r̂ is the score of a head trained on the other folds of prompts
+    (so it never saw the label, nor another image of the prompt). All 1 when the training
+    prompts cannot fill two folds."""
+    weight = torch.ones_like(emb.y)
+    fold = torch.tensor([int(prompt_bucket(p, config.seed) * config.label_folds) for p in prompts],
+                        device=device)[train_idx]
+    if len(fold.unique()) < 2:
+        log.info("label weights need prompts in two folds; every label weighs 1")
+        return weight
+    for k in fold.unique().tolist():
+        head = fit_head(emb, train_idx[fold != k], config, device, config.seed + 1 + k)
+        own = train_idx[fold == k]
+        with torch.no_grad():
+            weight[own] = 1 - (head(emb.x[own], emb.z[own], emb.margin[own, 0]) - emb.y[own]).abs()
+    log.info("label weights from %d folds: mean %.3f, %.1f%% below 0.5", len(fold.unique()),
+             weight[train_idx].mean(), 100 * (weight[train_idx] < 0.5).float().mean())
+    return weight
 
 
 def _summary(m: dict) -> str:
