@@ -29,6 +29,7 @@ from t2i_rlhf.shapes import judge, perturb, render, sample_prompts
 from t2i_rlhf.training.reward_metrics import score_metrics
 from t2i_rlhf.training.reward_model import load_reward_model
 from t2i_rlhf.training.reward_training import RewardTrainingConfig, train_reward_model
+from t2i_rlhf.training.reward_views import ImageViews
 
 log = logging.getLogger("bench_reward_model")
 CHUNK = 32  # images per generation call; prompts are drawn per chunk so a longer run extends a cache
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--labels", default="500,1000,2000", help="label budgets (first N training images)")
     ap.add_argument("--heldout-images", type=int, default=800)
     ap.add_argument("--flip", type=float, default=0.1, help="share of training labels flipped")
-    ap.add_argument("--lambdas", default="0.5,4,0", help="auxiliary-loss weights to compare")
+    ap.add_argument("--lambdas", default="0.5,0", help="auxiliary-loss weights to compare")
     ap.add_argument("--source", choices=["model", "rendered"], default="model",
                     help="images from the base model (the benchmark) or the renderer (backbone check)")
     ap.add_argument("--steps", type=int, default=20)
@@ -115,6 +116,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override RewardTrainingConfig.epochs")
     ap.add_argument("--prompt-margin", action=argparse.BooleanOptionalAction, default=True,
                     help="the zero-shot prompt-margin input (--no-prompt-margin: the paper's inputs only)")
+    ap.add_argument("--views", action=argparse.BooleanOptionalAction, default=True,
+                    help="embed images as the mean over the default views (--no-views: one embedding)")
+    ap.add_argument("--label-folds", type=int, default=None,
+                    help="override RewardTrainingConfig.label_folds (0: every label weighs 1)")
+    ap.add_argument("--head-seeds", type=int, default=3,
+                    help="heads trained per setting (seeds differ); the table gives their mean and sd")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("runs/bench_reward"))
@@ -124,7 +131,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     if args.tiny:
-        args.labels, args.heldout_images, args.steps, args.epochs = "32,64", 32, 3, 5
+        args.labels, args.heldout_images, args.steps, args.epochs, args.head_seeds = "32,64", 32, 3, 5, 1
         args.work = args.work / "tiny"
     if args.source == "rendered":
         args.work = args.work / "rendered"
@@ -141,34 +148,46 @@ def main() -> None:
              100 * truth_tr.mean(), 100 * truth_ho.mean(), flip.sum())
 
     rows = []
-    cache = str(args.work / f"embeddings-{model_fingerprint(args.clip)}.npz")
+    overrides: dict = {"prompt_margin": args.prompt_margin}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.label_folds is not None:
+        overrides["label_folds"] = args.label_folds
+    if not args.views:
+        overrides["views"] = ImageViews.single()
+    views = overrides.get("views", ImageViews())
+    cache = str(args.work / f"embeddings-{model_fingerprint(args.clip)}-v{views.count}.npz")
     for n in budgets:
         table = labelled_table(tr_images[:n], tr_prompts[:n], noisy[:n])
         for lam in lambdas:
-            overrides = {"epochs": args.epochs} if args.epochs else {}
-            overrides["prompt_margin"] = args.prompt_margin
-            cfg = RewardTrainingConfig(backbone=str(args.clip), lambda_aux=lam, heldout="none",
-                                       seed=args.seed, embedding_cache=cache, threads=args.threads,
-                                       **overrides)
-            out = args.work / "models" / f"n{n}-lam{lam:g}"
-            t0 = time.monotonic()
-            m = train_reward_model(table, cfg, out, out.name)
-            model = load_reward_model(out)
-            ho = score_metrics(model.score(list(ho_images), ho_prompts), truth_ho)
-            tr_true = score_metrics(model.score(list(tr_images[:n]), tr_prompts[:n]), truth_tr[:n])
-            rows.append({"labels": n, "lambda": lam, "heldout_accuracy": ho["accuracy"],
-                         "heldout_auc": ho["auc"],
-                         "train_accuracy_vs_judge": tr_true["accuracy"],
-                         "train_prompt_accuracy": m["train"].get("prompt_accuracy", float("nan")),
-                         "seconds": round(time.monotonic() - t0, 1)})
-            log.info("%s", rows[-1])
+            heads = []
+            for k in range(args.head_seeds):
+                cfg = RewardTrainingConfig(backbone=str(args.clip), lambda_aux=lam, heldout="none",
+                                           seed=args.seed * 100 + k, embedding_cache=cache,
+                                           threads=args.threads, **overrides)
+                out = args.work / "models" / f"n{n}-lam{lam:g}-h{k}"
+                t0 = time.monotonic()
+                m = train_reward_model(table, cfg, out, out.name)
+                model = load_reward_model(out)
+                ho = score_metrics(model.score(list(ho_images), ho_prompts), truth_ho)
+                tr_true = score_metrics(model.score(list(tr_images[:n]), tr_prompts[:n]), truth_tr[:n])
+                heads.append({"heldout_accuracy": ho["accuracy"], "heldout_auc": ho["auc"],
+                              "train_accuracy_vs_judge": tr_true["accuracy"],
+                              "train_prompt_accuracy": m["train"].get("prompt_accuracy", float("nan")),
+                              "seconds": time.monotonic() - t0})
+                log.info("n=%d λ=%g head %d: %s", n, lam, k, heads[-1])
+            rows.append({"labels": n, "lambda": lam, "heads": heads,
+                         **{key: float(np.mean([h[key] for h in heads])) for key in heads[0]},
+                         **{f"{key}_sd": float(np.std([h[key] for h in heads]))
+                            for key in ("heldout_accuracy", "heldout_auc")}})
 
     print(f"\nreward model on held-out prompts ({len(ho_prompts)} {args.source} images, judge truth; "
-          f"training labels {100 * args.flip:.0f}% flipped; backbone {args.clip}, images {args.sd})")
-    print(f"{'labels':>7} {'lambda':>7} {'acc':>7} {'auc':>7} {'train acc':>10} {'prompt rank':>12} {'s':>6}")
+          f"training labels {100 * args.flip:.0f}% flipped; backbone {args.clip} with {views.count} "
+          f"view(s), images {args.sd}; mean ± sd of {args.head_seeds} head(s))")
+    print(f"{'labels':>7} {'lambda':>7} {'acc':>14} {'auc':>14} {'train acc':>10} {'prompt rank':>12} {'s':>6}")
     for r in rows:
-        print(f"{r['labels']:>7} {r['lambda']:>7g} {r['heldout_accuracy']:>7.3f} "
-              f"{r['heldout_auc']:>7.3f} {r['train_accuracy_vs_judge']:>10.3f} "
+        print(f"{r['labels']:>7} {r['lambda']:>7g} {r['heldout_accuracy']:>7.3f} ± {r['heldout_accuracy_sd']:.3f}"
+              f" {r['heldout_auc']:>7.3f} ± {r['heldout_auc_sd']:.3f} {r['train_accuracy_vs_judge']:>10.3f} "
               f"{r['train_prompt_accuracy']:>12.3f} {r['seconds']:>6.1f}")
     print(f"(held-out images judged good: {100 * truth_ho.mean():.1f}%; always-'bad' accuracy "
           f"{100 * (1 - truth_ho.mean()):.1f}%)")
