@@ -1,5 +1,5 @@
-"""The reward model's training options: pydantic and numpy only, so configs and the CLI validate them
-without importing torch or the backbone."""
+"""The reward model's training options: pydantic and numpy only, so configs and the CLI
+validate them without importing torch or the backbone."""
 
 from __future__ import annotations
 

@@ -89,8 +89,9 @@ def heldout_mask(prompts: Sequence[str], mode: str, fraction: float = 0.1, seed:
     raise ValueError(f"unknown held-out mode {mode!r}; expected 'shapes', 'fraction' or 'none'")
 
 
-def prompt_bucket(text: str, seed: int = 0) -> float:
-    """A seeded hash of a prompt in [0, 1): splits by prompt that do not depend on sample order."""
+def prompt_bucket(text: str, seed: int | str = 0) -> float:
+    """A seeded hash of a prompt in [0, 1): splits by prompt that do not depend on sample order
+    (give each kind of split its own seed, so one split does not repeat another)."""
     h = hashlib.sha1(f"{seed}:{text}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 

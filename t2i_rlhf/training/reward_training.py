@@ -212,7 +212,9 @@ def agreement_weights(emb: EmbeddedSet, train_idx: torch.Tensor, prompts: list[s
     (so it never saw the label, nor another image of the prompt). All 1 when the training
     prompts cannot fill two folds."""
     weight = torch.ones_like(emb.y)
-    fold = torch.tensor([int(prompt_bucket(p, config.seed) * config.label_folds) for p in prompts],
+    # Salted apart from the held-out split's hash, which would otherwise all land in fold 0.
+    salt = f"label-folds:{config.seed}"
+    fold = torch.tensor([int(prompt_bucket(p, salt) * config.label_folds) for p in prompts],
                         device=device)[train_idx]
     if len(fold.unique()) < 2:
         log.info("label weights need prompts in two folds; every label weighs 1")
