@@ -155,7 +155,7 @@ def main() -> None:
         overrides["label_folds"] = args.label_folds
     if not args.views:
         overrides["views"] = ImageViews.single()
-    views = overrides.get("views", ImageViews())
+    views = overrides.get("views", RewardTrainingConfig().views)  # the config default otherwise
     cache = str(args.work / f"embeddings-{model_fingerprint(args.clip)}-v{views.count}.npz")
     for n in budgets:
         table = labelled_table(tr_images[:n], tr_prompts[:n], noisy[:n])
