@@ -10,6 +10,8 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from t2i_rlhf.evaluation import generate
+from transformers import CLIPModel
+
 from t2i_rlhf.models.pretrain import PretrainConfig, pretrain_unet
 
 
@@ -34,12 +36,35 @@ def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_mo
     images = generate(pipe, [("a red circle", 0)], steps=2, progress=False)
     assert images.shape == (1, 32, 32, 3)
 
+    # The text encoder is shapes-CLIP's text tower, frozen: SD's recipe.
+    tower = CLIPModel.from_pretrained(out / "shapes-clip").text_model.eval()
+    ids = pipe.tokenizer(["two red circles", ""], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(pipe.text_encoder(ids)[0], tower(ids)[0])
+
     # Complete checkpoints: a re-run trains nothing more and writes the same weights.
     before = pipe.unet.state_dict()
     pretrain_unet(cfg)
     after = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True).unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.load(work / "unet-vsnr.pt", weights_only=False)["step"] == 2
+
+
+def test_unet_stage_warm_starts_from_a_pipeline(sd_model_dir, clip_model_dir, tmp_path):
+    """`--unet-init`: the stage starts from that pipeline's UNet and takes its VAE (no VAE stage),
+    and its captions follow `unet_count_wrong_p`, keyed into the latent cache's name."""
+    out = tmp_path / "models"
+    shutil.copytree(clip_model_dir, out / "shapes-clip")
+    cfg = PretrainConfig(out=out, work=tmp_path / "work", unet_steps=0, unet_vsnr_steps=2, unet_examples=8,
+                         batch=4, threads=1, unet_init=sd_model_dir, unet_count_wrong_p=0.5)
+    pretrain_unet(cfg)
+    assert (cfg.work / "latents-8-count0.5.pt").exists() and not (cfg.work / "unet.pt").exists()
+    init = StableDiffusionPipeline.from_pretrained(sd_model_dir, local_files_only=True)
+    made = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True)
+    assert all(torch.equal(v, made.vae.state_dict()[k]) for k, v in init.vae.state_dict().items())
+    moved = [float((made.unet.state_dict()[k] - v).norm() / (v.norm() + 1e-8))
+             for k, v in init.unet.state_dict().items() if v.dtype.is_floating_point]
+    assert max(moved) < 0.2 and sum(moved) > 0  # two small steps from the init, not a fresh UNet
 
 
 def test_shipped_model_trains_and_samples_with_the_same_schedule(sd_model_dir):

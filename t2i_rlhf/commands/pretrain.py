@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of vae,clip,unet")
     for name in NUMBERS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    p.add_argument("--unet-count-wrong-p", type=float, default=None,
+                   help="how often a UNet caption's count word is wrong (0.4)")
+    p.add_argument("--unet-init", type=Path, default=None,
+                   help="warm-start the UNet stage from this pipeline directory's UNet and VAE")
     p.set_defaults(func=run)
 
 
@@ -28,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
-    given = {k: getattr(args, k) for k in ("out", "work", *NUMBERS) if getattr(args, k) is not None}
+    names = ("out", "work", "unet_count_wrong_p", "unet_init", *NUMBERS)
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     pretrain(PretrainConfig(**given), stages)
     return 0
