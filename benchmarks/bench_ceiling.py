@@ -69,6 +69,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work, model = args.work.resolve(), args.model.resolve()
 
+    results: dict[tuple[str, str], EvalResult] = {}
+
+    def judge_model(label: str, path: Path) -> None:
+        for split in ("train", "heldout"):
+            results[(label, split)] = evaluate_model(
+                path, args.clip, work / "eval" / f"{label}-{split}-seed{args.seed}", per_category=args.per_category,
+                split=split, steps=args.gen_steps, guidance=1.0, seed=args.seed, threads=args.threads)
+        print(table(results), flush=True)
+
+    if not args.skip_base:
+        judge_model("base", model)  # first: a base that already fails its own targets is seen at once
     samples = rendered_samples(args.train_samples, work / f"renders-{args.train_samples}.parquet", model)
     cfg = FinetuneConfig(beta=0.0, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          ema_decay=args.ema_decay, threads_per_worker=args.threads, checkpoint_every=250)
@@ -80,16 +91,7 @@ def main() -> None:
     tuned = materialize_pipeline(work / "versions" / name, args.out or work / "pipelines" / name)
     print(f"fine-tuning: {manifest.steps} steps in {minutes:.1f} min (Ray Train, {args.threads} threads); "
           f"tuned pipeline in {tuned}", flush=True)
-
-    models = {"tuned": tuned} if args.skip_base else {"base": model, "tuned": tuned}
-    results: dict[tuple[str, str], EvalResult] = {}
-    for label, path in models.items():
-        for split in ("train", "heldout"):
-            results[(label, split)] = evaluate_model(
-                path, args.clip, work / "eval" / f"{label}-{split}-seed{args.seed}", per_category=args.per_category,
-                split=split, steps=args.gen_steps, guidance=1.0, seed=args.seed, threads=args.threads)
-    text = table(results)
-    print(text)
+    judge_model("tuned", tuned)
     summary = {"args": vars(args), "finetune_minutes": minutes, "steps": manifest.steps,
                "results": {f"{m}/{s}": r.to_dict() for (m, s), r in results.items()}}
     (work / f"ceiling-seed{args.seed}.json").write_text(json.dumps(summary, indent=2, default=str))
