@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
-
-from t2i_rlhf.evaluation import generate
 from transformers import CLIPModel
 
+from t2i_rlhf.evaluation import generate
 from t2i_rlhf.models.pretrain import PretrainConfig, pretrain_unet
 
 

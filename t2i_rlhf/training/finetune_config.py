@@ -16,12 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FinetuneConfig(BaseModel):
-    """Reward-weighted fine-tuning with NLL regularisation (Lee et al. 2023, section 4.3)."""
+    """Fine-tuning on scored model samples with NLL regularisation (Lee et al. 2023, section 4.3),
+    by reward-weighted likelihood or by the negative-aware objective of DiffusionNFT."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # --- the objective: mean_i r_i·‖ε − ε_θ‖² + beta · mean_j ‖ε − ε_θ‖² ---
+    # --- the objective: mean_i ℓ(r_i, sample i) + beta · mean_j ‖ε − ε_θ‖² (finetune_loss.py) ---
+    # "reward_weighted": ℓ = r·‖ε − ε_θ‖², the paper's (Lee et al. 2023, arXiv 2302.12192);
+    # "negative_aware": ℓ = r·‖v⁺ − v‖² + (1 − r)·‖v⁻ − v‖² against the frozen parent, which also
+    # pushes away from bad samples (DiffusionNFT, arXiv 2509.16117); needs r ∈ [0, 1]
+    objective: Literal["reward_weighted", "negative_aware"] = "reward_weighted"
+    nft_strength: float = Field(1.0, gt=0.0)  # DiffusionNFT's β: how far v± sit from the parent
     reward_source: Literal["reward", "label"] = "reward"  # reward-model score or mean human label
+    # "prompt": r' = 1/2 + 1/2·clip((r − mean of r over its prompt's samples) / std of r over the
+    # round, ±reward_clip) / reward_clip, in [0, 1] (DiffusionNFT's group normalisation); "none": r
+    reward_normalization: Literal["none", "prompt"] = "none"
+    reward_clip: float = Field(1.0, gt=0.0)  # c above, in round-wide standard deviations
     beta: float = Field(1.0, ge=0.0)  # weight of the pre-training (NLL) term; 0 turns it off
     model_fraction: float = Field(0.5, gt=0.0, le=1.0)  # share of each batch from model samples
     # pre-training captions replaced by "" as in the base model's own pre-training, so that the

@@ -32,6 +32,7 @@ from t2i_rlhf.training.finetune_data import (
 )
 from t2i_rlhf.training.finetune_model import export_version, resolve_base
 from t2i_rlhf.training.finetune_worker import PROGRESS, reward_column, steps_for, train_loop_per_worker
+from t2i_rlhf.training.reward_normalization import check_unit_interval, read_prompt_normalization
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,13 @@ def finetune_round(
     if model_rows < cfg.model_batch:
         raise ValueError(f"{n_model} samples with a {column!r} over {cfg.num_workers} worker(s) is less "
                          f"than one micro-batch of {cfg.model_batch} model samples per worker")
+    if cfg.objective == "negative_aware" and cfg.reward_normalization == "none":
+        check_unit_interval(sample_files, column)
+    normalization = None
+    if cfg.reward_normalization == "prompt":  # the round's statistics, applied by Ray Data
+        normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip)
     ensure_ray_for(cfg)  # after the cheap checks: a bad input fails before Ray starts
-    datasets = {"model": model_samples_dataset(sample_files, column)}
+    datasets = {"model": model_samples_dataset(sample_files, column, normalization)}
     pre_rows, pre_files = 0, []
     if cfg.uses_pretrain:
         if pretrain_data is None:
@@ -144,8 +150,8 @@ def finetune_round(
         "config_hash": cfg.config_hash(), "samples": [str(f) for f in sample_files],
         "pretrain": [str(f) for f in pre_files], "start": start.to_dict(), "round": round,
     })
-    log.info("round %d (%s): %d scored samples, %d pre-training rows/worker, %d steps on %d worker(s)",
-             round, version, n_model, pre_rows, total, cfg.num_workers)
+    log.info("round %d (%s): %s objective, %d scored samples, %d pre-training rows/worker, %d steps on %d "
+             "worker(s)", round, version, cfg.objective, n_model, pre_rows, total, cfg.num_workers)
     local = fail_at_step is not None and "://" not in storage
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,7 +1,8 @@
 """`train_loop_per_worker`: one Ray Train worker's fine-tuning loop, a pure function of its config.
 
 It knows nothing of HTTP, labelling or actors: it reads its two dataset shards, minimises the
-paper's loss (finetune_loss), and reports metrics and checkpoints through `ray.train.report`.
+configured objective (the paper's finetune_loss, or negative_aware_loss against the frozen parent),
+and reports metrics and checkpoints through `ray.train.report`.
 
 Resume: the checkpoint persists the global optimizer step; the data position (epoch, micro-batch)
 and every random draw (noise, timesteps) are derived from it. A run restored at step s therefore
@@ -27,7 +28,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from t2i_rlhf.training.finetune_config import FinetuneConfig
 from t2i_rlhf.training.finetune_data import batch_latents, micro_batches
-from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
+from t2i_rlhf.training.finetune_loss import (
+    denoising_prediction,
+    finetune_loss,
+    negative_aware_finetune_loss,
+    negative_aware_loss,
+    squared_errors,
+)
 from t2i_rlhf.training.finetune_model import EMA_DIR, StartingPoint, load_unet, save_weights, unwrap
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ class Finetuner:
         self.scheduler = DDPMScheduler.from_pretrained(pipe, subfolder="scheduler")
         unet = load_unet(start, cfg, resume_dir).to(device).train()
         self.unet = wrap(unet) if wrap else unet
+        self.old_unet = old_policy(start, cfg, device) if cfg.objective == "negative_aware" else None
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lora_lr if cfg.lora else cfg.lr,
                                            weight_decay=cfg.weight_decay)
@@ -95,9 +103,14 @@ class Finetuner:
 
     def micro_step(self, model: dict, pretrain: dict | None, gen: torch.Generator, scale: float):
         """Forward + backward of one micro-batch: model samples and pre-training examples go
-        through the UNet together; the loss splits them again."""
+        through the UNet together; the loss splits them again. With the negative-aware objective
+        the frozen parent also predicts on the model samples' x_t, t and text embedding."""
         cfg = self.cfg
-        rewards = torch.tensor(np.asarray(model[reward_column(cfg)], dtype=np.float32), device=self.device)
+        r = np.asarray(model[reward_column(cfg)], dtype=np.float32)
+        if self.old_unet is not None and (r.min() < 0.0 or r.max() > 1.0):
+            raise ValueError(f"objective='negative_aware' needs rewards in [0, 1], got [{r.min():.4g}, "
+                             f"{r.max():.4g}]; set reward_normalization='prompt' or rescale the reward")
+        rewards = torch.tensor(r, device=self.device)
         latents, texts = [batch_latents(model)], list(model["prompt"])
         if pretrain is not None:
             latents.append(batch_latents(pretrain))
@@ -106,11 +119,21 @@ class Finetuner:
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (len(x0),), generator=gen).to(self.device)
+        n = len(rewards)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            err = denoising_errors(self.unet, self.scheduler, x0, self.encode_text(texts), noise, t)
-        n = len(rewards)
-        terms = finetune_loss(err[:n], rewards, err[n:] if pretrain is not None else None, cfg.beta)
+            emb = self.encode_text(texts)
+            pred, target = denoising_prediction(self.unet, self.scheduler, x0, emb, noise, t)
+            err = squared_errors(pred, target)
+            if self.old_unet is not None:
+                with torch.no_grad():  # v_old: the same x_t (add_noise is per example), t and z
+                    old, _ = denoising_prediction(self.old_unet, self.scheduler, x0[:n], emb[:n], noise[:n], t[:n])
+        pretrain_err = err[n:] if pretrain is not None else None
+        if self.old_unet is None:
+            terms = finetune_loss(err[:n], rewards, pretrain_err, cfg.beta)
+        else:
+            per_sample = negative_aware_loss(pred[:n], old, target[:n], rewards, cfg.nft_strength)
+            terms = negative_aware_finetune_loss(per_sample, pretrain_err, cfg.beta)
         self.scaler.scale(terms.total * scale).backward()
         return terms, rewards
 
@@ -141,6 +164,16 @@ class Finetuner:
         self.optimizer.zero_grad(set_to_none=True)
         totals["lr"] = lr
         return totals
+
+
+def old_policy(start: StartingPoint, cfg: FinetuneConfig, device: torch.device) -> torch.nn.Module:
+    """v_old of the negative-aware loss: the model that drew the round's samples, i.e. the round's
+    starting point, frozen. Loaded with resume_dir=None so that a resumed run still measures against
+    the parent, not against its own checkpoint; with lora=False, so a parent LoRA is fused in and no
+    adapter of this run's is attached (a fresh one starts at zero: the same function)."""
+    unet = load_unet(start, cfg.model_copy(update={"lora": False}), None)
+    unet.requires_grad_(False)
+    return unet.to(device).eval()
 
 
 def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[str]:

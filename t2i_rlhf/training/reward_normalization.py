@@ -1,0 +1,97 @@
+"""Rewards as the negative-aware objective wants them: in [0, 1], centred within each prompt.
+
+Per-prompt group normalisation (the form DiffusionNFT, arXiv 2509.16117, uses), with c the clip:
+
+    r'_i = 1/2 + 1/2 · clip((r_i − mean_{j : z_j = z_i} r_j) / std_j r_j, −c, c) / c
+
+The mean is over the round's samples of the same prompt z_i, so an image counts as good or bad
+against the other images of its own prompt, not because its prompt is easy or hard for the reward
+model. The std is one number over all the round's samples (population std), so a prompt whose
+images all score alike stays near r' = 1/2, where the negative-aware loss neither pulls nor pushes.
+A round whose rewards are all equal carries no preference at all: r' = 1/2 everywhere.
+
+The statistics are computed once on the driver, from the Parquet files, and applied to the reward
+column in the Ray Data pipeline, so the workers read one reward column whatever the setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptNormalization:
+    """The round's per-prompt reward means, its global reward std and the clip c."""
+
+    means: dict[str, float]
+    std: float
+    clip: float
+
+    def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        """r' for each (prompt, r), as float64 in [0, 1]."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        if self.std == 0.0:
+            return np.full(rewards.shape, 0.5)
+        missing = sorted({p for p in prompts if p not in self.means})
+        if missing:
+            raise KeyError(f"no reward mean for prompt(s) {missing[:3]}: the statistics were computed "
+                           "from other samples than the ones being normalised")
+        centred = rewards - np.array([self.means[p] for p in prompts], dtype=np.float64)
+        z = np.clip(centred / self.std, -self.clip, self.clip)
+        return 0.5 + 0.5 * z / self.clip
+
+
+def fit_prompt_normalization(prompts: Sequence[str], rewards: np.ndarray, clip: float) -> PromptNormalization:
+    """Per-prompt means and the global std of `rewards`."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if len(rewards) == 0:
+        raise ValueError("no scored samples to normalise the rewards of")
+    if clip <= 0:
+        raise ValueError(f"reward_clip must be > 0, got {clip}")
+    names, group = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+    means = np.bincount(group, weights=rewards) / np.bincount(group)
+    return PromptNormalization(means={str(n): float(m) for n, m in zip(names, means, strict=True)},
+                               std=float(rewards.std()), clip=float(clip))
+
+
+def read_prompt_normalization(files: list[Path], column: str, clip: float) -> PromptNormalization:
+    """fit_prompt_normalization over the scored rows of the sample files (reads two columns)."""
+    table = pads.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=["prompt", column], filter=pc.field(column).is_valid())
+    norm = fit_prompt_normalization(table.column("prompt").to_pylist(),
+                                    table.column(column).to_numpy().astype(np.float64), clip)
+    log.info("per-prompt %s normalisation: %d prompts, %d samples, std %.4g, clip %g",
+             column, len(norm.means), table.num_rows, norm.std, clip)
+    return norm
+
+
+def normalize_reward_column(batch: pa.Table, column: str, norm: PromptNormalization) -> pa.Table:
+    """Ray Data map_batches function: `column` replaced by its normalised value, same type."""
+    rewards = batch.column(column).to_numpy(zero_copy_only=False)
+    values = norm.apply(batch.column("prompt").to_pylist(), rewards)
+    index = batch.schema.get_field_index(column)
+    field = batch.schema.field(index)
+    return batch.set_column(index, field, pa.array(values, type=field.type))
+
+
+def check_unit_interval(files: list[Path], column: str) -> None:
+    """The negative-aware loss reads r as a probability of "good": refuse rewards outside [0, 1]."""
+    values = pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[column]).column(column)
+    bounds = pc.min_max(values).as_py()  # nulls skipped
+    low, high = bounds["min"], bounds["max"]
+    if low is None:
+        return
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"objective='negative_aware' needs each sample's {column!r} in [0, 1]; these samples "
+                         f"span [{low:.4g}, {high:.4g}]. Set reward_normalization='prompt' (maps them into "
+                         "[0, 1] within each prompt) or rescale the reward")
