@@ -139,7 +139,7 @@ def test_publish_parquet_with_sample_schema_columns(client: TestClient) -> None:
     buf = io.BytesIO()
     pq.write_table(table.drop_columns(["image"]), buf)
     r = client.post("/v1/tasks", content=buf.getvalue(), headers=hdr)
-    assert r.status_code == 422 and "image" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image"]  # 422s: a list of {loc, msg}
     buf = io.BytesIO()
     pq.write_table(table.set_column(table.column_names.index("image"), "image", pa.array([b"xx"] * 4)), buf)
     assert client.post("/v1/tasks", content=buf.getvalue(), headers=hdr).status_code == 422
@@ -166,14 +166,15 @@ def test_publish_rejects_bad_tasks(client: TestClient, mutate, where: str) -> No
 
 def test_publish_other_bad_requests(client: TestClient) -> None:
     r = client.post("/v1/tasks", json={"tasks": []}, headers=A)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["tasks"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "tasks"]
     r = client.post("/v1/tasks", content=b'{"tasks": [', headers={**A, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"] == "malformed_json"
     r = client.post("/v1/tasks", content=b"tasks", headers={**A, "Content-Type": "text/plain"})
     assert r.status_code == 415
     dup = _json_task(TASKS[0])
     r = client.post("/v1/tasks", json={"tasks": [dup, dup]}, headers=A)
-    assert r.status_code == 422 and "duplicate" in r.json()["detail"]
+    assert r.status_code == 422 and "duplicate" in r.json()["detail"][0]["msg"]
+    assert r.json()["detail"][0]["loc"] == ["body", "tasks", 1, "sample_id"]
     assert client.get("/v1/stats", headers=A).json()["rounds"] == []  # nothing stored by the failures
 
 
@@ -301,7 +302,7 @@ def test_batch_labels_atomic_and_idempotent(tmp_path: Path) -> None:
         assert c.post("/v1/labels/batch", json={"labels": []}, headers=L).status_code == 422
         assert c.post("/v1/labels/batch", json={"labels": batch * 2}, headers=L).status_code == 422  # > max
         r = c.post("/v1/labels/batch", json={"labels": [batch[0], batch[0]]}, headers=L)
-        assert r.status_code == 422 and "one label per sample" in r.json()["detail"]
+        assert r.status_code == 422 and "one label per sample" in r.json()["detail"][0]["msg"]
         assert c.post("/v1/labels/batch", json={"labels": [{"sample_id": IDS[5]}]}, headers=L).status_code == 422
 
 

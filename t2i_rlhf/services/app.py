@@ -1,7 +1,8 @@
 """The feedback service's app factory: routers, error mapping, body limit, the labelling page.
 
 Knows nothing of Ray: `serve.py` wraps it for Ray Serve, `t2i-rlhf feedback serve` runs it with
-uvicorn. Every error is `{"error": ..., "detail": ...}` with a 4xx status, never a bare 500.
+uvicorn. Every error is `{"error": ..., "detail": ...}` (`errors.py`), with a 4xx status for bad
+input; an unexpected failure is a JSON 500 that leaves the connection usable, never a bare 500.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from t2i_rlhf.services.errors import ERROR_CODES, field_errors
 from t2i_rlhf.services.routers import labels, stats, tasks
+from t2i_rlhf.services.schemas import PublishRequest
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.store import FeedbackStore, StoreError, UnknownSample
 
@@ -77,6 +83,37 @@ class BodyLimitMiddleware:
         await resp({"type": "http"}, _no_receive, send)
 
 
+class LastResortMiddleware:
+    """A JSON 500 for any exception no handler mapped, logged and *not* re-raised. Starlette's
+    own fallback re-raises after answering, and uvicorn then closes the connection, so the
+    client's next request on it is reset. Input should never get here: the schemas bound it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            return  # nobody left to answer
+        except Exception:
+            if started:  # half a response is out: closing the connection is the only honest end
+                raise
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            resp = _error(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "unexpected server error (logged)")
+            await resp(scope, receive, send)
+
+
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
@@ -90,26 +127,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, _BodyTooLarge):  # FastAPI wraps errors raised while parsing the body
             return _error(status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", "request body too large")
-        name = {
-            400: "bad_request",
-            401: "unauthorized",
-            403: "forbidden",
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "payload_too_large",
-            415: "unsupported_media_type",
-            422: "invalid_request",
-            503: "unavailable",
-        }.get(exc.status_code, "error")
-        return _error(exc.status_code, name, exc.detail, getattr(exc, "headers", None))
+        detail: object = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == status.HTTP_422_UNPROCESSABLE_CONTENT:  # keep the declared 422 shape
+            detail = [{"loc": [], "msg": detail, "type": "value_error"}]
+        name = ERROR_CODES.get(exc.status_code, "error")
+        return _error(exc.status_code, name, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(status.HTTP_400_BAD_REQUEST, "malformed_json", "request body is not valid JSON")
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
-        return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", detail)
+        return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", field_errors(errors))
 
     @app.exception_handler(UnknownSample)
     async def unknown_sample(_: Request, exc: UnknownSample) -> JSONResponse:
@@ -122,6 +151,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(_BodyTooLarge)
     async def too_large(_: Request, exc: _BodyTooLarge) -> JSONResponse:  # raised while FastAPI reads the body
         return _error(status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", "request body too large")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the models only `openapi_extra` names (the publish body is parsed by
+    hand, JSON or Parquet, so FastAPI never sees PublishRequest / TaskIn and would not define them)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        _, defs = models_json_schema([(PublishRequest, "validation")], ref_template="#/components/schemas/{model}")
+        known = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, model_schema in defs.get("$defs", {}).items():
+            known.setdefault(name, model_schema)
+    return app.openapi_schema
 
 
 def create_app(settings: FeedbackSettings, store: FeedbackStore | None = None) -> FastAPI:
@@ -151,5 +192,7 @@ def create_app(settings: FeedbackSettings, store: FeedbackStore | None = None) -
         return FileResponse(str(STATIC_DIR / "index.html"), headers={"Cache-Control": "no-cache"})
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(LastResortMiddleware)  # outermost of ours: also catches what BodyLimit lets through
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     logger.info("feedback service: db=%s labels_per_sample=%d", settings.db_path, settings.labels_per_sample)
     return app

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pyarrow as pa
@@ -35,6 +36,11 @@ def aggregate_labels(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[float
         if label != "skip":
             votes.setdefault(sample_id, []).append(1 if label == "good" else 0)
     return {s: (sum(v) / len(v), len(v)) for s, v in votes.items()}
+
+
+def _segment(sample_id: str) -> str:
+    """A sample id as one URL path segment: "?", "#", "%" or spaces in it must not change the URL."""
+    return quote(sample_id, safe="")
 
 
 class FeedbackError(RuntimeError):
@@ -161,7 +167,7 @@ class FeedbackClient:
         return self._request("POST", "/v1/tasks/next", json=body).json()
 
     def image(self, sample_id: str) -> bytes:
-        return self._request("GET", f"/v1/tasks/{sample_id}/image").content
+        return self._request("GET", f"/v1/tasks/{_segment(sample_id)}/image").content
 
     def post_label(self, sample_id: str, label: str, time_spent_ms: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"sample_id": sample_id, "label": label, "time_spent_ms": time_spent_ms}
@@ -177,4 +183,4 @@ class FeedbackClient:
 
     def undo(self, sample_id: str) -> dict[str, Any]:
         params = {"labeller": self.labeller} if self.labeller else {}
-        return self._request("DELETE", f"/v1/labels/{sample_id}", params=params).json()
+        return self._request("DELETE", f"/v1/labels/{_segment(sample_id)}", params=params).json()

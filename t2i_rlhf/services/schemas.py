@@ -1,4 +1,7 @@
-"""Pydantic models at the HTTP edge: what clients send and get back (and the OpenAPI schema)."""
+"""Pydantic models at the HTTP edge: what clients send and get back (and the OpenAPI schema).
+
+Every value a client sends is bounded here to what the store can hold and the rest of the system
+can use, so bad input is a 422 naming the field, never an error deep in SQLite or Arrow."""
 
 from __future__ import annotations
 
@@ -6,30 +9,53 @@ import base64
 import binascii
 from typing import Literal
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 Label = Literal["good", "bad", "skip"]
-SampleId = Field(..., min_length=1, max_length=200, description="unique across the run")
-Labeller = Field(
-    None,
-    min_length=1,
-    max_length=100,
-    pattern=r"^[\w.@:+-]+$",
-    description="who labels; defaults to an id derived from the token",
-)
+
+# Rounds are int32 in SAMPLE_SCHEMA and in the Parquet export, so that is the widest round the
+# run can carry (SQLite alone would take 2**63 - 1 and fail with OverflowError beyond it).
+MAX_ROUND = 2**31 - 1
+# A sample id goes into URL paths (image, undo): one path segment, so no "/", and not "." or
+# ".." (browsers resolve those, even percent-encoded); no control characters. The same rule is
+# applied to every way an id comes in: JSON and Parquet publish, labels, undo, task and image.
+SAMPLE_ID_MAX = 200
+_CTRL = r"\x00-\x1f\x7f-\x9f"
+SAMPLE_ID_PATTERN = rf"^[^{_CTRL}/]*[^{_CTRL}/.][^{_CTRL}/]*$"
+SAMPLE_ID_RULE = f"unique across the run; 1..{SAMPLE_ID_MAX} characters, no '/' or control characters, not only dots"
+LABELLER_MAX = 100
+LABELLER_PATTERN = r"^[\w.@:+-]+$"
+LABELLER_RULE = "who labels; defaults to an id derived from the token"
+TEXT_MAX = 200  # category, model_version
+
+SampleId = Field(..., min_length=1, max_length=SAMPLE_ID_MAX, pattern=SAMPLE_ID_PATTERN, description=SAMPLE_ID_RULE)
+Round = Field(..., ge=0, le=MAX_ROUND, description="training round (int32)")
+Labeller = Field(None, min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
+# ... and the same rules where ids, labellers and rounds come in the path or the query string
+SampleIdPath = Path(..., min_length=1, max_length=SAMPLE_ID_MAX, pattern=SAMPLE_ID_PATTERN, description=SAMPLE_ID_RULE)
+LabellerQuery = Query(None, min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
+RoundQuery = Query(None, ge=0, le=MAX_ROUND, description="only this round (int32)")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TaskIn(_Strict):
+class _TaskFields(_Strict):
+    """What JSON and Parquet publishing share, so both paths admit exactly the same tasks."""
+
     sample_id: str = SampleId
-    round: int = Field(..., ge=0)
+    round: int = Round
     prompt: str = Field(..., min_length=1, max_length=1000)
-    category: str | None = None
-    model_version: str | None = None
+    category: str | None = Field(None, max_length=TEXT_MAX)
+    model_version: str | None = Field(None, max_length=TEXT_MAX)
+
+
+class TaskIn(_TaskFields):
+    """A task in a JSON publish request."""
+
     image_b64: str = Field(..., description="PNG bytes, base64")
 
     @field_validator("image_b64")
@@ -44,6 +70,19 @@ class TaskIn(_Strict):
         return v
 
 
+class TaskRow(_TaskFields):
+    """A row of a Parquet publish body (validated strictly: columns must have the right types)."""
+
+    image: bytes
+
+    @field_validator("image")
+    @classmethod
+    def _png(cls, v: bytes) -> bytes:
+        if not v.startswith(PNG_MAGIC):
+            raise ValueError("image does not hold a PNG image")
+        return v
+
+
 class PublishRequest(_Strict):
     tasks: list[TaskIn] = Field(..., min_length=1)
 
@@ -55,7 +94,7 @@ class PublishResponse(BaseModel):
 
 class LeaseRequest(_Strict):
     n: int = Field(1, ge=1, le=100)
-    round: int | None = Field(None, ge=0)
+    round: int | None = Field(None, ge=0, le=MAX_ROUND)
     labeller: str | None = Labeller
 
 
@@ -63,7 +102,7 @@ class LeasedTask(BaseModel):
     sample_id: str
     round: int
     prompt: str
-    image_url: str
+    image_url: str = Field(..., description="absolute URL of the PNG; the sample id in it is percent-encoded")
     lease_expires_at: float
 
 
@@ -149,5 +188,26 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str
-    detail: str | list
+    """Every error but 422: a machine-readable code and a message for people."""
+
+    error: str = Field(
+        ...,
+        description="bad_request, malformed_json, unauthorized, forbidden, not_found, unknown_sample, "
+        "method_not_allowed, payload_too_large, unsupported_media_type, unavailable, internal_error",
+    )
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One reason a request was refused, in FastAPI's validation-error shape."""
+
+    loc: list[str | int] = Field(..., description='where: e.g. ["body", "tasks", 3, "sample_id"] or ["query", "round"]')
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """Every 422, whether pydantic or the service itself refused the request: `detail` is a list."""
+
+    error: Literal["invalid_request"]
+    detail: list[FieldError]

@@ -13,17 +13,21 @@ from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from t2i_rlhf.services.deps import Principal, get_settings, get_store, require_admin, require_labeller
+from t2i_rlhf.services.errors import error_responses, invalid
 from t2i_rlhf.services.schemas import (
     ExportResponse,
     LabelBatch,
     LabelBatchResponse,
     LabelIn,
+    LabellerQuery,
     LabelOut,
     LabelResult,
+    RoundQuery,
+    SampleIdPath,
 )
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.store import FeedbackStore, NewLabel
@@ -52,7 +56,7 @@ def _new(lab: LabelIn, who: Principal) -> NewLabel:
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": LabelResult, "description": "already labelled: the stored label"},
-        404: {"description": "unknown sample"},
+        **error_responses(400, 401, 404, 413, 422, 503, e404="unknown sample"),
     },
     summary="Post one label. Durable before the response is sent.",
 )
@@ -70,6 +74,7 @@ async def post_label(
 @router.post(
     "/batch",
     response_model=LabelBatchResponse,
+    responses=error_responses(400, 401, 404, 413, 422, 503, e404="unknown sample: nothing of the batch was stored"),
     summary="Post labels in one atomic batch (all stored, or none if a sample is unknown).",
 )
 async def post_labels(
@@ -79,13 +84,15 @@ async def post_labels(
     settings: FeedbackSettings = Depends(get_settings),
 ) -> LabelBatchResponse:
     if len(batch.labels) > settings.max_batch:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"at most {settings.max_batch} labels per batch, got {len(batch.labels)}",
+        raise invalid(
+            ("body", "labels"), f"at most {settings.max_batch} labels per batch, got {len(batch.labels)}", "too_long"
         )
     news = [_new(lab, who) for lab in batch.labels]
-    if len({(n.sample_id, n.labeller) for n in news}) != len(news):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a batch holds one label per sample and labeller")
+    seen: set[tuple[str, str]] = set()
+    for i, n in enumerate(news):
+        if (n.sample_id, n.labeller) in seen:
+            raise invalid(("body", "labels", i), "a batch holds one label per sample and labeller")
+        seen.add((n.sample_id, n.labeller))
     results = [LabelResult(**row, created=c) for row, c in await asyncio.wrap_future(store.add_labels_future(news))]
     created = sum(r.created for r in results)
     return LabelBatchResponse(created=created, existing=len(results) - created, results=results)
@@ -94,12 +101,12 @@ async def post_labels(
 @router.delete(
     "/{sample_id}",
     response_model=LabelOut,
-    responses={404: {"description": "no live label"}},
+    responses=error_responses(401, 404, 422, 503, e404="no live label by this labeller on the sample"),
     summary="Undo a labeller's label on a sample; the sample can be labelled again.",
 )
 def undo_label(
-    sample_id: str = Path(..., min_length=1, max_length=200),
-    labeller: str | None = Query(None, min_length=1, max_length=100),
+    sample_id: str = SampleIdPath,
+    labeller: str | None = LabellerQuery,
     who: Principal = Depends(require_labeller),
     store: FeedbackStore = Depends(get_store),
 ) -> LabelOut:
@@ -112,12 +119,20 @@ def undo_label(
 @router.get(
     "",
     response_model=ExportResponse,
-    responses={200: {"content": {"application/vnd.apache.parquet": {}}}},
+    responses={
+        200: {
+            "content": {"application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {
+                "X-Next-Cursor": {"description": "Parquet only: the next cursor", "schema": {"type": "string"}}
+            },
+        },
+        **error_responses(401, 403, 422),
+    },
     summary="Export live labels with id after the cursor (admin); JSON or Parquet.",
 )
 def export_labels(
-    since: str | None = Query(None, pattern=r"^\d{1,18}$", description="cursor from a previous export"),
-    round: int | None = Query(None, ge=0),
+    since: str | None = Query(None, pattern=r"^[0-9]{1,18}$", description="cursor from a previous export"),
+    round: int | None = RoundQuery,
     limit: int = Query(10_000, ge=1, le=100_000),
     format: Literal["json", "parquet"] = Query("json"),
     _: Principal = Depends(require_admin),

@@ -5,74 +5,111 @@ from __future__ import annotations
 import base64
 import io
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from t2i_rlhf.services.deps import Principal, get_settings, get_store, require_admin, require_labeller
+from t2i_rlhf.services.errors import error_responses, field_errors, invalid
 from t2i_rlhf.services.schemas import (
-    PNG_MAGIC,
     LeaseRequest,
     LeaseResponse,
     PublishRequest,
     PublishResponse,
+    SampleIdPath,
     TaskOut,
+    TaskRow,
 )
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.store import FeedbackStore
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-SAMPLE_PATH = Path(..., min_length=1, max_length=200)
 PARQUET = "application/vnd.apache.parquet"
-_REQUIRED = {"sample_id": pa.string(), "round": None, "prompt": pa.string(), "image": None}
+_COLUMNS = ("sample_id", "round", "prompt", "image", "category", "model_version")
+_REQUIRED = ("sample_id", "round", "prompt", "image")
+_MAX_ROW_ERRORS = 20  # a bad 100k-row file is refused with the first few problems, not all of them
+
+
+def _column_type_ok(name: str, typ: pa.DataType) -> bool:
+    """Arrow types each column may have; anything else is refused before rows are converted."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if pa.types.is_null(typ):
+        return name not in _REQUIRED  # an all-null optional column
+    if name == "round":
+        return pa.types.is_integer(typ)
+    if name == "image":
+        return pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
 
 
 def _from_parquet(body: bytes) -> list[dict[str, Any]]:
-    """Tasks from a Parquet body (e.g. SAMPLE_SCHEMA rows); extra columns are ignored."""
+    """Tasks from a Parquet body (e.g. SAMPLE_SCHEMA rows); extra columns are ignored. Every row
+    is held to the same rules as a JSON task (`TaskRow`), before anything is stored."""
     try:
         table = pq.read_table(io.BytesIO(body))
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError, ValueError) as e:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body is not a readable Parquet file: {e}") from e
-    missing = sorted(set(_REQUIRED) - set(table.column_names))
+    missing = [c for c in _REQUIRED if c not in table.column_names]
     if missing:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Parquet body lacks columns {missing}")
+        raise RequestValidationError(
+            [{"loc": ("body", c), "msg": f"Parquet body lacks column {c!r}", "type": "missing"} for c in missing]
+        )
+    cols = [c for c in _COLUMNS if c in table.column_names]
+    bad = [c for c in cols if not _column_type_ok(c, table.schema.field(c).type)]
+    if bad:
+        raise invalid(
+            ("body", bad[0]),
+            f"column {bad[0]} has type {table.schema.field(bad[0]).type}; sample_id, prompt, category and "
+            "model_version must be strings, round an integer, image binary",
+            "column_type",
+        )
     if table.num_rows == 0:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no tasks to publish")
-    cols = [
-        c for c in ("sample_id", "round", "prompt", "image", "category", "model_version") if c in table.column_names
-    ]
+        raise invalid(("body",), "no tasks to publish", "too_short")
     rows = table.select(cols).to_pylist()
+    errors: list[dict[str, Any]] = []
     for i, r in enumerate(rows):
-        if not isinstance(r["sample_id"], str) or not r["sample_id"] or not isinstance(r["prompt"], str):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"row {i}: sample_id/prompt must be text")
-        if not isinstance(r["round"], int) or r["round"] < 0:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"row {i}: round must be an int >= 0")
-        if not isinstance(r["image"], bytes) or not r["image"].startswith(PNG_MAGIC):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"row {i}: image must be PNG bytes")
+        try:
+            TaskRow.model_validate(r, strict=True)
+        except ValidationError as e:
+            errors += [{**err, "msg": f"row {i}: {err['msg']}"} for err in field_errors(e.errors(), ("body", i))]
+            if len(errors) >= _MAX_ROW_ERRORS:
+                break
+    if errors:
+        raise RequestValidationError(errors[:_MAX_ROW_ERRORS])
     return rows
+
+
+def _from_json(body: bytes) -> list[dict[str, Any]]:
+    try:
+        req = PublishRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError(field_errors(e.errors(include_url=False), ("body",))) from e
+    return [{**t.model_dump(exclude={"image_b64"}), "image": base64.b64decode(t.image_b64)} for t in req.tasks]
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=PublishResponse,
+    responses=error_responses(400, 401, 403, 413, 415, 422, 503),
     summary="Publish labelling tasks (admin). JSON with base64 PNGs, or a Parquet body.",
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": PublishRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-                },
+                "application/json": {"schema": {"$ref": "#/components/schemas/PublishRequest"}},
                 PARQUET: {
                     "schema": {
                         "type": "string",
                         "format": "binary",
-                        "description": "columns sample_id, round, prompt, image (+category, model_version)",
+                        "description": "columns sample_id, round, prompt, image (+category, model_version), "
+                        "each row held to the TaskIn rules (image: PNG bytes, not base64)",
                     }
                 },
             },
@@ -87,17 +124,16 @@ async def publish(
     body = await request.body()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == PARQUET:
-        tasks = _from_parquet(body)
+        tasks, where = _from_parquet(body), ("body",)
     elif ctype in ("application/json", ""):
-        try:
-            req = PublishRequest.model_validate_json(body)
-        except ValidationError as e:
-            raise RequestValidationError(e.errors(include_url=False, include_context=False)) from e
-        tasks = [{**t.model_dump(exclude={"image_b64"}), "image": base64.b64decode(t.image_b64)} for t in req.tasks]
+        tasks, where = _from_json(body), ("body", "tasks")
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send application/json or {PARQUET}")
-    if len({t["sample_id"] for t in tasks}) != len(tasks):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "duplicate sample_id within the request")
+    seen: set[str] = set()
+    for i, t in enumerate(tasks):
+        if t["sample_id"] in seen:
+            raise invalid((*where, i, "sample_id"), f"duplicate sample_id within the request: {t['sample_id']!r}")
+        seen.add(t["sample_id"])
     new, existing = await run_in_threadpool(store.publish, tasks)
     return PublishResponse(published=new, existing=existing)
 
@@ -105,6 +141,7 @@ async def publish(
 @router.post(
     "/next",
     response_model=LeaseResponse,
+    responses=error_responses(400, 401, 413, 422, 503),
     summary="Lease the next tasks to label; they stay reserved for lease_seconds.",
 )
 def next_tasks(
@@ -116,15 +153,26 @@ def next_tasks(
 ) -> LeaseResponse:
     labeller = req.labeller or who.default_labeller
     got = store.lease(labeller, req.n, settings.labels_per_sample, settings.lease_seconds, req.round)
-    base = str(request.url_for("task_image", sample_id="__ID__"))
     for t in got["tasks"]:
-        t["image_url"] = base.replace("__ID__", t["sample_id"])
+        t["image_url"] = image_url(request, t["sample_id"])
     return LeaseResponse(labeller=labeller, **got)
 
 
-@router.get("/{sample_id}", response_model=TaskOut, summary="One task's metadata.")
+def image_url(request: Request, sample_id: str) -> str:
+    """The image's absolute URL with the id percent-encoded as one path segment ("?", "#", "%"
+    and spaces in an id would otherwise cut or change the URL)."""
+    base = str(request.url_for("task_image", sample_id="x")).removesuffix("/x/image")
+    return f"{base}/{quote(sample_id, safe='')}/image"
+
+
+@router.get(
+    "/{sample_id}",
+    response_model=TaskOut,
+    responses=error_responses(401, 404, 422, e404="unknown sample"),
+    summary="One task's metadata.",
+)
 def get_task(
-    sample_id: str = SAMPLE_PATH,
+    sample_id: str = SampleIdPath,
     _: Principal = Depends(require_labeller),
     store: FeedbackStore = Depends(get_store),
 ) -> TaskOut:
@@ -135,11 +183,14 @@ def get_task(
     "/{sample_id}/image",
     name="task_image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(401, 404, 422, e404="unknown sample"),
+    },
     summary="A task's image (PNG).",
 )
 def task_image(
-    sample_id: str = SAMPLE_PATH,
+    sample_id: str = SampleIdPath,
     _: Principal = Depends(require_labeller),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
