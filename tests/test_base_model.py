@@ -71,6 +71,19 @@ def test_char_tokenizer_spells_prompts(sd_model_dir, clip_model_dir):
     assert CLIPTokenizer.from_pretrained(clip_model_dir).get_vocab() == tok.get_vocab()
 
 
+def test_shipped_text_encoder_is_the_shipped_clips_text_tower(sd_model_dir, clip_model_dir):
+    """The base conditions on shapes-CLIP's text tower, frozen (as SD on CLIP's): the same states for
+    every prompt, and so the same reading of counts the reward model's backbone has."""
+    from transformers import CLIPTextModel
+
+    tok = CLIPTokenizer.from_pretrained(sd_model_dir / "tokenizer")
+    ids = tok(["three purple squares in space", "a circle", ""], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        shipped = CLIPTextModel.from_pretrained(sd_model_dir / "text_encoder").eval()(ids)[0]
+        tower = CLIPModel.from_pretrained(clip_model_dir).text_model.eval()(ids)[0]
+    assert torch.allclose(shipped, tower, atol=1e-5)
+
+
 def test_vae_reconstructions_keep_what_the_judge_reads(sd_model_dir):
     from diffusers import AutoencoderKL
 
