@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "t2i_rlhf.commands.evaluate",
     "t2i_rlhf.commands.run",
     "t2i_rlhf.commands.generate",
+    "t2i_rlhf.commands.config",
 ]
 
 

@@ -23,80 +23,114 @@ class _Strict(BaseModel):
 
 
 class RunSection(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run directory under `storage`")
-    storage: str = Field("runs", description="local path or URI; everything the run writes lives under it")
-    rounds: int = Field(..., ge=1)
-    seed: int = 0
-    finetune_from: Literal["previous", "base"] = Field(
-        "previous", description="what each round fine-tunes: the previous round's model on the round's "
-        "samples, or the base model on every round's samples so far, all re-scored by the latest reward "
-        "model (as ReST-EM does, so that one round's drift does not compound)")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "Name of the run's directory under `storage`: letters, digits, `_`, `.` and `-`."))
+    storage: str = Field("runs", description="Local path or URI; everything the run writes lives under it.")
+    rounds: int = Field(..., ge=1, description=(
+        "Rounds of the online loop (generate, label, train the reward model, fine-tune, evaluate)."))
+    seed: int = Field(0, description=(
+        "Seed of the rounds' prompts and sample seeds, the labelling selection, the simulated labellers "
+        "and the evaluation's seeds."))
+    finetune_from: Literal["previous", "base"] = Field("previous", description=(
+        "What each round fine-tunes: the previous round's model on the round's samples, or the base model "
+        "on every round's samples so far, all re-scored by the latest reward model (as ReST-EM does, so "
+        "that one round's drift does not compound)."))
 
 
 class ModelSection(_Strict):
-    base: str = Field(..., description="diffusers StableDiffusion pipeline directory (local or mounted)")
-    clip: str = Field(..., description="CLIPModel directory: the reward model's frozen backbone")
-    validate_paths: bool = Field(True, description="check the directories exist on load (off for "
-                                 "configs validated away from the cluster that holds the models)")
+    base: str = Field(..., description=(
+        "Diffusers StableDiffusion pipeline directory (local or mounted; must hold model_index.json)."))
+    clip: str = Field(..., description=(
+        "CLIPModel directory (must hold config.json): the reward model's frozen backbone, and the image "
+        "features of the evaluation's Fréchet distance."))
+    validate_paths: bool = Field(True, description=(
+        "Check on load that the directories exist; off for configs validated away from the cluster that "
+        "holds the models."))
 
 
 class RolloutSection(_Strict):
-    generators: int = Field(2, ge=1)
-    scorers: int = Field(1, ge=1)
-    scorer_num_cpus: float = Field(1.0, ge=0)
-    scorer_num_gpus: float = Field(0.0, ge=0)
-    samples_per_round: int = Field(..., ge=1)
-    seeds_per_prompt: int = Field(1, ge=1, description="images per prompt (distinct seeds) each round")
-    prompt_split: Literal["train", "all"] = "train"
-    prompts_file: str | None = Field(None, description="one prompt per line; default: the shapes grammar")
-    category_weights: dict[str, float] | None = None
-    buffer_capacity: int = Field(4096, ge=1)
-    ready_timeout_s: float = Field(900, gt=0, description="for actors to load their models")
-    generation: GenerationConfig = GenerationConfig()
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    generator_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per generator, e.g. {gen_node: 0.01}")
+    generators: int = Field(2, ge=1, description="Generator actors, each with its own copy of the pipeline.")
+    scorers: int = Field(1, ge=1, description="Reward-scorer actors that score samples as they are generated.")
+    scorer_num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per scorer actor.")
+    scorer_num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per scorer actor; above 0 it scores on CUDA.")
+    samples_per_round: int = Field(..., ge=1, description="Samples generated each round.")
+    seeds_per_prompt: int = Field(1, ge=1, description="Images per prompt (distinct seeds) each round.")
+    prompt_split: Literal["train", "all"] = Field("train", description=(
+        "Which shapes-grammar prompts are sampled: `train` leaves the held-out evaluation prompts out; "
+        "`all` does not."))
+    prompts_file: str | None = Field(None, description=(
+        "File of prompts, one per line, sampled each round; null: the shapes grammar."))
+    category_weights: dict[str, float] | None = Field(None, description=(
+        "Shapes-grammar categories (count, colour, background, combination) to sample, with their weights; "
+        "null: every category in equal shares."))
+    buffer_capacity: int = Field(4096, ge=1, description=(
+        "Samples the shared sample buffer holds at once; generators wait while it is full."))
+    ready_timeout_s: float = Field(900, gt=0, description="Seconds for the actors to load their models.")
+    generation: GenerationConfig = Field(GenerationConfig(), description=(
+        "Sampling and placement options of each generator actor."))
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description=(
+        "Ray placement-group strategy of the generator actors."))
+    generator_resources: dict[str, float] = Field(default_factory=dict, description=(
+        "Custom Ray resources per generator, e.g. `{gen_node: 0.01}` to pin generation to the nodes that "
+        "advertise them."))
 
 
 class SimulatedLabellers(_Strict):
-    workers: int = Field(4, ge=1)
-    noise: float = Field(0.1, ge=0, le=1, description="fraction of verdicts flipped")
+    workers: int = Field(4, ge=1, description="Simulated labellers posting at once.")
+    noise: float = Field(0.1, ge=0, le=1, description="Fraction of verdicts flipped.")
 
 
 class LabellingSection(_Strict):
-    url: str | None = Field(None, description="feedback service; None starts one locally for the run")
-    admin_token_env: str = "T2I_FEEDBACK_ADMIN_TOKEN"
-    labeller_token_env: str = "T2I_FEEDBACK_LABELLER_TOKEN"
-    labels_per_round: int = Field(..., ge=1, description="samples published for labelling each round")
-    selection: Literal["random", "uncertainty"] = "random"
-    min_fraction: float = Field(1.0, gt=0, le=1, description="go on once this share is labelled")
-    timeout_s: float = Field(3600, gt=0, description="then go on with what has arrived")
-    poll_s: float = Field(2.0, gt=0)
-    simulate: SimulatedLabellers | None = Field(None, description="start simulated labellers (demo/CI)")
+    url: str | None = Field(None, description="Feedback service URL; null starts one locally for the run.")
+    admin_token_env: str = Field("T2I_FEEDBACK_ADMIN_TOKEN", description=(
+        "Environment variable with the feedback service's admin token. Unless it and `labeller_token_env` "
+        "are both set, tokens are generated once per run and kept in the run directory."))
+    labeller_token_env: str = Field("T2I_FEEDBACK_LABELLER_TOKEN", description=(
+        "Environment variable with the labellers' token (see `admin_token_env`)."))
+    labels_per_round: int = Field(..., ge=1, description=(
+        "Samples published for labelling each round; at most `rollout.samples_per_round`."))
+    selection: Literal["random", "uncertainty"] = Field("random", description=(
+        "Which samples are published: `random`, or `uncertainty` (reward closest to 0.5 first; random while "
+        "there is no reward model yet)."))
+    min_fraction: float = Field(1.0, gt=0, le=1, description=(
+        "Go on once this share of the published samples is labelled."))
+    timeout_s: float = Field(3600, gt=0, description=(
+        "Seconds to wait for labels; then the round goes on with what has arrived."))
+    poll_s: float = Field(2.0, gt=0, description="Seconds between checks of the labelling progress.")
+    simulate: SimulatedLabellers | None = Field(None, description="Start simulated labellers (demo/CI).")
 
 
 class EvalSection(_Strict):
-    per_category: int = Field(96, ge=1)
-    steps: int = Field(20, ge=1)
-    guidance: float = Field(1.0, ge=0)  # as the shapes rollouts sample; SD is usually sampled at 7.5
-    every_round: bool = True
-    threads: int | None = None
-    # reuse the base model's evaluation from an earlier run with the same weights, judge and
-    # settings (kept under <storage>/cache/base-eval/)
-    cache_base: bool = True
+    per_category: int = Field(96, ge=1, description="Held-out (prompt, seed) pairs judged per category.")
+    steps: int = Field(20, ge=1, description="Denoising steps of the evaluation's images.")
+    guidance: float = Field(1.0, ge=0, description=(
+        "Classifier-free guidance scale of the evaluation's images; the default samples as the shapes "
+        "rollouts do (SD is usually sampled at 7.5)."))
+    every_round: bool = Field(True, description="Evaluate after every round; false: after the last only.")
+    threads: int | None = Field(None, description=(
+        "Torch CPU threads for evaluation; `t2i-rlhf run` evaluates on the generator actors and does not "
+        "read it."))
+    cache_base: bool = Field(True, description=(
+        "Reuse the base model's evaluation from an earlier run with the same weights, judge and settings "
+        "(kept under `<storage>/cache/base-eval/`; local storage only)."))
 
 
 class ExperimentConfig(_Strict):
-    run: RunSection
-    model: ModelSection
-    rollout: RolloutSection
-    labelling: LabellingSection
-    reward: RewardTrainingConfig = RewardTrainingConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    pretrain_data: str | None = Field(None, description="pre-training Parquet for the β term; None: "
-                                      "render the shapes world's into the run directory")
-    pretrain_examples: int = Field(4096, ge=1)
-    eval: EvalSection = EvalSection()
+    run: RunSection = Field(..., description="The run's name, storage, rounds and seed.")
+    model: ModelSection = Field(..., description="The base diffusion model and the CLIP model.")
+    rollout: RolloutSection = Field(..., description="Each round's samples, generated by Ray actors.")
+    labelling: LabellingSection = Field(..., description=(
+        "Human feedback: how many samples are labelled, which, where, and how long the round waits."))
+    reward: RewardTrainingConfig = Field(RewardTrainingConfig(), description=(
+        "The reward model trained each round (the options of `t2i-rlhf reward train`)."))
+    finetune: FinetuneConfig = Field(FinetuneConfig(), description=(
+        "The fine-tuning of each round (the options of `t2i-rlhf finetune`)."))
+    pretrain_data: str | None = Field(None, description=(
+        "Pre-training Parquet for the β term (environment variables are expanded); null: render the "
+        "shapes world's into the run directory."))
+    pretrain_examples: int = Field(4096, ge=1, description=(
+        "Pre-training examples rendered when `pretrain_data` is null."))
+    eval: EvalSection = Field(EvalSection(), description="Evaluation of each round's model on held-out prompts.")
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

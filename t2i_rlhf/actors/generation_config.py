@@ -13,13 +13,17 @@ class GenerationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(20, ge=1, description="denoising steps")
-    guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance; <=1 disables it")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta; other schedulers ignore it")
-    height: int = Field(32, ge=8)
-    width: int = Field(32, ge=8)
-    batch_size: int = Field(8, ge=1, description="samples per pipeline call")
-    num_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs reserved per generator actor")
-    num_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs per actor; >0 runs the pipeline on CUDA")
-    torch_threads: int = Field(1, ge=1, description="intra-op threads per actor")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    steps: int = Field(20, ge=1, description="Denoising steps per image.")
+    guidance_scale: float = Field(5.0, ge=0.0, description="Classifier-free guidance scale; 1 or less "
+                                  "disables guidance.")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0: deterministic); other schedulers "
+                       "ignore it.")
+    height: int = Field(32, ge=8, description="Image height in pixels.")
+    width: int = Field(32, ge=8, description="Image width in pixels.")
+    batch_size: int = Field(8, ge=1, description="Samples per pipeline call.")
+    num_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs reserved per generator actor.")
+    num_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs per generator actor; above 0 the pipeline "
+                            "runs on CUDA.")
+    torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per generator actor.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Torch dtype the "
+                                                             "pipeline is loaded and sampled in.")

@@ -22,63 +22,81 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # --- the objective: mean_i ℓ(r_i, sample i) + beta · mean_j ‖ε − ε_θ‖² (finetune_loss.py) ---
-    # "reward_weighted": ℓ = r·‖ε − ε_θ‖², the paper's (Lee et al. 2023, arXiv 2302.12192);
-    # "negative_aware": ℓ = r·‖v⁺ − v‖² + (1 − r)·‖v⁻ − v‖² against the frozen parent, which also
-    # pushes away from bad samples (DiffusionNFT, arXiv 2509.16117); needs r ∈ [0, 1]
-    objective: Literal["reward_weighted", "negative_aware"] = "reward_weighted"
-    nft_strength: float = Field(1.0, gt=0.0)  # DiffusionNFT's β: how far v± sit from the parent
-    reward_source: Literal["reward", "label"] = "reward"  # reward-model score or mean human label
-    # "prompt": r' = 1/2 + 1/2·clip((r − mean of r over its prompt's samples) / std of r over the
-    # round, ±reward_clip) / reward_clip, in [0, 1] (DiffusionNFT's group normalisation); "none": r
-    reward_normalization: Literal["none", "prompt"] = "none"
-    reward_clip: float = Field(1.0, gt=0.0)  # c above, in round-wide standard deviations
-    beta: float = Field(1.0, ge=0.0)  # weight of the pre-training (NLL) term; 0 turns it off
-    model_fraction: float = Field(0.5, gt=0.0, le=1.0)  # share of each batch from model samples
-    # pre-training captions replaced by "" as in the base model's own pre-training, so that the
-    # unconditional prediction classifier-free guidance subtracts stays anchored to the base's
-    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    objective: Literal["reward_weighted", "negative_aware"] = Field("reward_weighted", description=(
+        "The loss ℓ on each model sample: `reward_weighted` is the paper's ℓ = r·‖ε − ε_θ‖² (Lee et al. "
+        "2023, arXiv 2302.12192); `negative_aware` is ℓ = r·‖v⁺ − v‖² + (1 − r)·‖v⁻ − v‖² against the "
+        "frozen parent, which also pushes away from bad samples (DiffusionNFT, arXiv 2509.16117) and "
+        "needs r ∈ [0, 1]."))
+    nft_strength: float = Field(1.0, gt=0.0, description=(
+        "DiffusionNFT's β for `negative_aware`: how far v⁺ and v⁻ sit from the parent."))
+    reward_source: Literal["reward", "label"] = Field("reward", description=(
+        "What r is: the reward model's score (`reward`) or the sample's mean human label (`label`)."))
+    reward_normalization: Literal["none", "prompt"] = Field("none", description=(
+        "`none` uses r as it is; `prompt` uses r' = 1/2 + 1/2·clip((r − mean of r over its prompt's "
+        "samples) / std of r over the round, ±c) / c with c = `reward_clip`, in [0, 1] (DiffusionNFT's "
+        "group normalisation)."))
+    reward_clip: float = Field(1.0, gt=0.0, description=(
+        "c of `reward_normalization: prompt`, in round-wide standard deviations."))
+    beta: float = Field(1.0, ge=0.0, description=(
+        "Weight β of the pre-training (NLL) term; 0 turns it off and its examples are not loaded."))
+    model_fraction: float = Field(0.5, gt=0.0, le=1.0, description=(
+        "Share of each batch from model samples, the rest pre-training examples; `batch_size` must leave "
+        "room for at least one of those unless `beta` is 0 or this is 1."))
+    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description=(
+        "Share of pre-training captions replaced by \"\", as in the base model's own pre-training, so that "
+        "the unconditional prediction classifier-free guidance subtracts stays anchored to the base's."))
 
     # --- what is trained ---
-    lora: bool = False  # False: the whole UNet; True: a peft LoRA adapter on its attention
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
-    lora_targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    lora: bool = Field(False, description=(
+        "Train a peft LoRA adapter on the UNet's attention instead of the whole UNet."))
+    lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapter.")
+    lora_alpha: float | None = Field(None, description="LoRA alpha; null: equal to the rank (scale 1).")
+    lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description=(
+        "UNet modules the LoRA adapter is added to."))
 
     # --- optimisation ---
-    batch_size: int = Field(16, ge=1)  # examples per micro-batch per worker, both sources together
-    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
-    epochs: float = Field(1.0, gt=0.0)  # passes over the round's model samples
-    max_steps: int | None = Field(None, ge=1)  # if set, overrides `epochs`
-    lr: float = Field(1e-5, gt=0.0)
-    lora_lr: float = Field(1e-4, gt=0.0)
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.01, ge=0.0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
-    # > 0: the exported version is an exponential moving average of the trained weights, started
-    # at the parent's. A base model released as an EMA (SD, shapes-sd) sits below the noise floor
-    # of raw optimizer steps: measured on shapes-sd, 32 raw steps at lr 2e-5 raise its denoising
-    # loss on held-out renders by 4% (to the raw pre-training weights' level) and an EMA of 0.98
-    # keeps it within 0.2%. Leave it off only at learning rates too small to add that noise.
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU only
-    seed: int = 0
+    batch_size: int = Field(16, ge=1, description=(
+        "Examples per micro-batch per worker, model samples and pre-training examples together."))
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the round's model samples.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; if set, overrides `epochs`.")
+    lr: float = Field(1e-5, gt=0.0, description="AdamW learning rate when the whole UNet is trained.")
+    lora_lr: float = Field(1e-4, gt=0.0, description="AdamW learning rate when a LoRA adapter is trained.")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warm-up; 0: none.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description=(
+        "Clip the gradient norm to this; null: no clipping."))
+    # A base model released as an EMA (SD, shapes-sd) sits below the noise floor of raw optimizer
+    # steps: measured on shapes-sd, 32 raw steps at lr 2e-5 raise its denoising loss on held-out
+    # renders by 4% (to the raw pre-training weights' level) and an EMA of 0.98 keeps it within 0.2%.
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Above 0, the exported version is an exponential moving average of the trained weights with this "
+        "decay, started at the parent's; 0 exports the raw weights. Raw optimizer steps add noise to a "
+        "base released as an EMA (SD, shapes-sd): leave it off only at learning rates too small to add "
+        "that noise."))
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description=(
+        "Autocast dtype; `auto`: bf16 (fp16 where bf16 is unsupported) on GPU, none on CPU."))
+    seed: int = Field(0, description="Seed of the noise, timesteps and data order.")
 
     # --- Ray Train ---
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    threads_per_worker: int = Field(1, ge=1)  # torch threads and CPUs reserved per worker
-    resources_per_worker: dict[str, float] | None = None  # None: {"CPU": threads_per_worker}
-    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint
-    checkpoint_every: int = Field(50, ge=1)  # optimizer steps between checkpoints
-    checkpoints_to_keep: int = Field(2, ge=1)
-    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel).")
+    use_gpu: bool = Field(False, description="Give each Ray Train worker a GPU.")
+    threads_per_worker: int = Field(1, ge=1, description="Torch threads per worker, and the CPUs reserved for it.")
+    resources_per_worker: dict[str, float] | None = Field(None, description=(
+        "Ray resources per worker; null: `{CPU: threads_per_worker}`."))
+    max_failures: int = Field(2, ge=-1, description=(
+        "Worker-group restarts from the last checkpoint before the round fails; -1: unlimited."))
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept.")
+    log_every: int = Field(10, ge=1, description="Optimizer steps between metric reports.")
 
     # --- data ---
-    latent_cache: Path = Path("runs/cache/pretrain-latents")  # VAE latents of the pre-training set
-    shuffle_buffer: int = Field(256, ge=0)  # local shuffle buffer per worker (0: no shuffling)
-    # a worker's shard of a source at most this large (uncompressed) is read once and shuffled in
-    # memory each epoch; larger ones stream through Ray Data every epoch. 0: always stream
-    shard_memory_mb: float = Field(1024.0, ge=0.0)
+    latent_cache: Path = Field(Path("runs/cache/pretrain-latents"), description=(
+        "Directory that caches the VAE latents of the pre-training set."))
+    shuffle_buffer: int = Field(256, ge=0, description="Local shuffle buffer per worker, in examples; 0: no shuffling.")
+    shard_memory_mb: float = Field(1024.0, ge=0.0, description=(
+        "A worker's shard of a source at most this large (MB, uncompressed) is read once and shuffled in "
+        "memory each epoch; larger ones stream through Ray Data every epoch. 0: always stream."))
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

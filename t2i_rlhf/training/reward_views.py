@@ -19,9 +19,10 @@ class ImageViews(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    flip: bool = True  # the left-right mirror (and its shifts)
-    # Shift by this fraction of the image's side, down-right and up-left, edges repeated; 0 = none.
-    shift: float = Field(0.0625, ge=0, lt=0.5)
+    flip: bool = Field(True, description=(
+        "Add the left-right mirror (and its shifts); turn it off when prompts name left or right, or show text."))
+    shift: float = Field(0.0625, ge=0, lt=0.5, description=(
+        "Add shifts by this fraction of the image's side, down-right and up-left, edges repeated; 0: none."))
 
     @classmethod
     def single(cls) -> ImageViews:
