@@ -23,10 +23,11 @@ from t2i_rlhf.training.finetune_model import export_version, load_unet, material
 from t2i_rlhf.training.finetune_model import save_weights as save_unet_weights
 
 
-def write_samples(path: Path, n: int, seed: int = 0) -> Path:
-    """n scored samples in SAMPLE_SCHEMA with random latents (model quality is irrelevant here)."""
+def write_samples(path: Path, n: int, seed: int = 0, seeds_per_prompt: int = 1) -> Path:
+    """n scored samples in SAMPLE_SCHEMA with random latents (model quality is irrelevant here),
+    `seeds_per_prompt` of them per prompt."""
     rng = np.random.default_rng(seed)
-    prompts = sample_prompts(n, seed=seed)
+    prompts = [p for p in sample_prompts(n // seeds_per_prompt, seed=seed) for _ in range(seeds_per_prompt)]
     rows = [{
         "sample_id": f"s{i}", "round": 1, "prompt": p.text, "category": p.category, "seed": i,
         "model_version": "base", "image": png_bytes(np.zeros((32, 32, 3), np.uint8)),
@@ -104,16 +105,19 @@ def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model
 def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir, tmp_path):
     from t2i_rlhf.training.finetune_trainer import finetune_round
 
-    samples = write_samples(tmp_path / "samples.parquet", 8)
+    samples = write_samples(tmp_path / "samples.parquet", 8, seeds_per_prompt=4)
     pretrain = tmp_path / "pretrain"
     write_pretrain_parquet(pretrain, 16, first_seed=123)
     storage = tmp_path / "ray"
     # 2 workers × 4 samples each, 2 model + 2 pre-training examples a micro-batch: 2 steps an
     # epoch, 2 epochs -> 4 steps, checkpoints at 2 and 4. A worker dies at step 3 and there are no
     # restarts left, so the fit fails; re-running the round resumes from the checkpoint at step 2,
-    # an epoch boundary — the place where resumes train zero steps or count steps twice.
+    # an epoch boundary — the place where resumes train zero steps or count steps twice. The
+    # negative-aware objective with per-prompt rewards runs here (its old policy must stay the
+    # parent across the resume); the loop's tests run the paper's objective through Ray Train.
     cfg = FinetuneConfig(num_workers=2, batch_size=4, epochs=2, checkpoint_every=2, log_every=1, lora=True,
-                         lora_rank=4, lora_lr=1e-3, latent_cache=tmp_path / "cache", max_failures=0)
+                         lora_rank=4, lora_lr=1e-3, latent_cache=tmp_path / "cache", max_failures=0,
+                         objective="negative_aware", reward_normalization="prompt")
     kwargs = dict(samples=samples, pretrain_data=pretrain, base=sd_model_dir, round=1, storage_path=storage)
     with pytest.raises(Exception):  # noqa: B017 - Ray's TrainingFailedError; its text varies by version
         finetune_round(cfg, out_dir=tmp_path / "r0001", fail_at_step=3, **kwargs)
