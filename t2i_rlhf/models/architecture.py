@@ -72,7 +72,7 @@ def make_sample_scheduler(zero_snr: bool = False) -> DDIMScheduler | DPMSolverMu
     """The pipeline's sampler. With zero terminal SNR: SDE-DPM-Solver++ (2nd order), whose fresh
     noise at each step corrects what a deterministic sampler carries to the end: at 20 steps and
     no guidance the shipped base drew 90–91% clean images with it against 83–86% with DDIM
-    (README, "Base models"). Noise comes from the caller's generators, so seeds still fix images."""
+    (docs/experiments.md). Noise comes from the caller's generators, so seeds still fix images."""
     if zero_snr:
         return DPMSolverMultistepScheduler(**SCHEDULER_KW, **ZERO_SNR_KW, algorithm_type="sde-dpmsolver++",
                                            timestep_spacing="trailing", final_sigmas_type="zero",

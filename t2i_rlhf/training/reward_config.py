@@ -16,7 +16,7 @@ Features = Literal["concat", "concat_product"]
 class RewardTrainingConfig(BaseModel):
     """Loss defaults follow the paper (1024 hidden, λ = 0.5, T = 2). Dropout, 20 epochs and the
     label weights keep the head from learning the labels people disagree on; the views and the
-    prompt margin make more of a small backbone (README, "Reward model")."""
+    prompt margin make more of a small backbone (docs/experiments.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
