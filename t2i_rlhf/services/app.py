@@ -53,7 +53,7 @@ class BodyLimitMiddleware:
             await self._reject(send)
             return
         seen = 0
-        started = False
+        tracked = _StartTracker(send)
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -64,15 +64,10 @@ class BodyLimitMiddleware:
                     raise _BodyTooLarge
             return msg
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except _BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -81,6 +76,18 @@ class BodyLimitMiddleware:
             status_code=status.HTTP_413_CONTENT_TOO_LARGE,
         )
         await resp({"type": "http"}, _no_receive, send)
+
+
+class _StartTracker:
+    """An ASGI `send` that remembers whether the response has started: after that no other
+    answer can be sent, only the connection closed."""
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, msg: Message) -> None:
+        self.started = self.started or msg["type"] == "http.response.start"
+        await self.send(msg)
 
 
 class LastResortMiddleware:
@@ -95,19 +102,13 @@ class LastResortMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
+        tracked = _StartTracker(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except ClientDisconnect:
             return  # nobody left to answer
         except Exception:
-            if started:  # half a response is out: closing the connection is the only honest end
+            if tracked.started:  # half a response is out: closing the connection is the only honest end
                 raise
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             resp = _error(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "unexpected server error (logged)")
