@@ -252,11 +252,12 @@ def cache_latents(vae, n: int, first_seed: int, policy: CaptionPolicy,
 def frozen_text_encoder(clip_dir: Path) -> tuple[CLIPTokenizer, CLIPTextModel]:
     """shapes-CLIP's text tower as the pipeline's text encoder, never trained further.
 
-    SD conditions on a frozen CLIP, and so must our miniature: a text encoder trained along with
+    SD conditions on a frozen CLIP, and so does our miniature: a text encoder trained along with
     the UNet on noisy captions learns to ignore what the captions get wrong. The first base did
     that and came to tell count words apart faintly (the count explains 7% of its hidden states'
-    variance, a colour 34%; in this tower 27% and 39%: `benchmarks/probe_text_encoder.py`), so
-    no fine-tuning of the UNet could teach it to count."""
+    variance, a colour 34%; in this tower 27% and 39%: `benchmarks/probe_text_encoder.py`). That
+    alone did not make the base learn to count: the UNet still hardly uses the count
+    (docs/results.md)."""
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
     text_encoder = CLIPTextModel(arch.text_config(tokenizer))
     text_encoder.load_state_dict(CLIPModel.from_pretrained(clip_dir).text_model.state_dict())
@@ -265,13 +266,14 @@ def frozen_text_encoder(clip_dir: Path) -> tuple[CLIPTokenizer, CLIPTextModel]:
 
 @torch.no_grad()
 def caption_embeddings(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                       captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen encoder's states for each distinct caption (the empty one last) and each caption's
-    row among them: the grammar has a few thousand captions, the data tens of thousands."""
+                       captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The frozen encoder's states for each distinct caption, each caption's row among them, and
+    the empty caption's row (for caption dropout): the grammar has a few thousand captions, the
+    data tens of thousands, so each is encoded once."""
     distinct, index = np.unique(np.array(captions + [""]), return_inverse=True)
     table = torch.cat([text_encoder(tokenize(tokenizer, list(distinct[i:i + 512])))[0]
                        for i in range(0, len(distinct), 512)])
-    return table, torch.as_tensor(index)
+    return table, torch.as_tensor(index[:-1]), int(index[-1])
 
 
 @dataclass(frozen=True)
@@ -314,8 +316,7 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
         latents, captions = cache_latents(vae, cfg.unet_examples, first_seed=0, policy=policy)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save((latents, captions), cache)
-    table, rows = caption_embeddings(text_encoder, tokenizer, captions)
-    empty = int(rows[-1])
+    table, rows, empty = caption_embeddings(text_encoder, tokenizer, captions)
     params = list(unet.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
     phases = [ph for ph in unet_phases(cfg) if ph.steps > 0]

@@ -36,6 +36,7 @@ from t2i_rlhf.training.finetune_loss import (
     squared_errors,
 )
 from t2i_rlhf.training.finetune_model import EMA_DIR, StartingPoint, load_unet, save_weights, unwrap
+from t2i_rlhf.training.reward_normalization import require_unit_interval
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,8 @@ class Finetuner:
         the frozen parent also predicts on the model samples' x_t, t and text embedding."""
         cfg = self.cfg
         r = np.asarray(model[reward_column(cfg)], dtype=np.float32)
-        if self.old_unet is not None and (r.min() < 0.0 or r.max() > 1.0):
-            raise ValueError(f"objective='negative_aware' needs rewards in [0, 1], got [{r.min():.4g}, "
-                             f"{r.max():.4g}]; set reward_normalization='prompt' or rescale the reward")
+        if self.old_unet is not None:
+            require_unit_interval(float(r.min()), float(r.max()), "this batch's rewards")
         rewards = torch.tensor(r, device=self.device)
         latents, texts = [batch_latents(model)], list(model["prompt"])
         if pretrain is not None:

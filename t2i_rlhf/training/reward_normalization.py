@@ -88,10 +88,13 @@ def check_unit_interval(files: list[Path], column: str) -> None:
     """The negative-aware loss reads r as a probability of "good": refuse rewards outside [0, 1]."""
     values = pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[column]).column(column)
     bounds = pc.min_max(values).as_py()  # nulls skipped
-    low, high = bounds["min"], bounds["max"]
-    if low is None:
-        return
+    if bounds["min"] is not None:
+        require_unit_interval(bounds["min"], bounds["max"], f"these samples' {column!r}")
+
+
+def require_unit_interval(low: float, high: float, what: str) -> None:
+    """The one check and message for rewards outside [0, 1], on the driver and in the worker."""
     if low < 0.0 or high > 1.0:
-        raise ValueError(f"objective='negative_aware' needs each sample's {column!r} in [0, 1]; these samples "
-                         f"span [{low:.4g}, {high:.4g}]. Set reward_normalization='prompt' (maps them into "
-                         "[0, 1] within each prompt) or rescale the reward")
+        raise ValueError(f"objective='negative_aware' needs rewards in [0, 1]; {what} span [{low:.4g}, "
+                         f"{high:.4g}]. Set reward_normalization='prompt' (maps them into [0, 1] within each "
+                         "prompt) or rescale the reward")
