@@ -27,9 +27,9 @@ from bench_finetune_alignment import rendered_samples
 
 from t2i_rlhf.evaluation import EvalResult, evaluate_model, paired_change
 from t2i_rlhf.shapes.vocab import CATEGORIES
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_model import materialize_pipeline
-from t2i_rlhf.training.finetune_trainer import finetune_round
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.model import materialize_pipeline
+from t2i_rlhf.training.finetune.trainer import finetune_round
 
 log = logging.getLogger("bench_ceiling")
 

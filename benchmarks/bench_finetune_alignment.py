@@ -32,9 +32,9 @@ from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
 from t2i_rlhf.shapes.render import render
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_model import materialize_pipeline
-from t2i_rlhf.training.finetune_trainer import finetune_round
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.model import materialize_pipeline
+from t2i_rlhf.training.finetune.trainer import finetune_round
 
 log = logging.getLogger("bench_finetune_alignment")
 

@@ -25,11 +25,11 @@ import torch
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
 from t2i_rlhf.shapes.prompts import sample_prompts
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_data import pretrain_latent_files
-from t2i_rlhf.training.finetune_model import resolve_base
-from t2i_rlhf.training.finetune_trainer import finetune_round
-from t2i_rlhf.training.finetune_worker import Finetuner
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.data import pretrain_latent_files
+from t2i_rlhf.training.finetune.model import resolve_base
+from t2i_rlhf.training.finetune.trainer import finetune_round
+from t2i_rlhf.training.finetune.worker import Finetuner
 
 
 def write_samples(path: Path, n: int, seed: int = 0) -> Path:

@@ -26,10 +26,10 @@ import torch
 
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.shapes import judge, perturb, render, sample_prompts
-from t2i_rlhf.training.reward_metrics import score_metrics
-from t2i_rlhf.training.reward_model import load_reward_model
-from t2i_rlhf.training.reward_training import RewardTrainingConfig, train_reward_model
-from t2i_rlhf.training.reward_views import ImageViews
+from t2i_rlhf.training.reward.metrics import score_metrics
+from t2i_rlhf.training.reward.model import load_reward_model
+from t2i_rlhf.training.reward.train import RewardTrainingConfig, train_reward_model
+from t2i_rlhf.training.reward.views import ImageViews
 
 log = logging.getLogger("bench_reward_model")
 CHUNK = 32  # images per generation call; prompts are drawn per chunk so a longer run extends a cache

@@ -33,10 +33,10 @@ from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.shapes import sample_prompts
 from t2i_rlhf.shapes.prompts import category_prompts, format_caption, is_heldout
 from t2i_rlhf.shapes.render import render
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_loss import denoising_errors
-from t2i_rlhf.training.finetune_model import StartingPoint
-from t2i_rlhf.training.finetune_worker import Finetuner
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.loss import denoising_errors
+from t2i_rlhf.training.finetune.model import StartingPoint
+from t2i_rlhf.training.finetune.worker import Finetuner
 
 TIMESTEPS = (50, 200, 450, 800)
 

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from t2i_rlhf.actors.generation_config import GenerationConfig
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.reward_config import RewardTrainingConfig
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.reward.config import RewardTrainingConfig
 
 
 class _Strict(BaseModel):

@@ -83,7 +83,7 @@ def eval_prompts(per_category: int, split: str = "heldout", seed: int = 0) -> li
 def load_pipeline(model: str | Path, threads: int | None = None):
     """A StableDiffusionPipeline from a local directory (never the hub): a diffusers pipeline, or
     a model version the loop wrote (runs/<name>/models/rNNNN), on its base pipeline."""
-    from t2i_rlhf.training.finetune_model import version_pipeline
+    from t2i_rlhf.training.finetune.model import version_pipeline
 
     if threads:
         torch.set_num_threads(threads)

@@ -29,7 +29,7 @@ def batch() -> pa.RecordBatch:
 
 
 def reward_model_dir(root: Path, clip_model_dir: Path, version: str, seed: int) -> Path:
-    from t2i_rlhf.training.reward_model import RewardMLP, RewardModelSpec, save_reward_model
+    from t2i_rlhf.training.reward.model import RewardMLP, RewardModelSpec, save_reward_model
 
     dim = json.loads((clip_model_dir / "config.json").read_text())["projection_dim"]
     torch.manual_seed(seed)

@@ -8,11 +8,11 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from pydantic import ValidationError
 
 from t2i_rlhf.samples import parquet_files
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_data import micro_batches
-from t2i_rlhf.training.finetune_loss import denoising_errors, finetune_loss
-from t2i_rlhf.training.finetune_trainer import cpus_needed
-from t2i_rlhf.training.finetune_worker import amp_dtype, drop_captions, steps_for
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.data import micro_batches
+from t2i_rlhf.training.finetune.loss import denoising_errors, finetune_loss
+from t2i_rlhf.training.finetune.trainer import cpus_needed
+from t2i_rlhf.training.finetune.worker import amp_dtype, drop_captions, steps_for
 
 
 def test_loss_matches_hand_computed_value():
@@ -197,7 +197,7 @@ def test_cli_flags_override_the_yaml_config(tmp_path):
 
 def test_pretrain_latent_cache_is_keyed_by_content_not_path(tmp_path):
     from t2i_rlhf.shapes.captions import write_pretrain_parquet
-    from t2i_rlhf.training.finetune_data import _fingerprint
+    from t2i_rlhf.training.finetune.data import _fingerprint
 
     vae = tmp_path / "vae"
     vae.mkdir()

@@ -15,15 +15,15 @@ from diffusers import DDPMScheduler
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_loss import (
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.loss import (
     denoising_prediction,
     finetune_loss,
     negative_aware_finetune_loss,
     negative_aware_loss,
     squared_errors,
 )
-from t2i_rlhf.training.reward_normalization import (
+from t2i_rlhf.training.finetune.rewards import (
     check_unit_interval,
     fit_prompt_normalization,
     normalize_reward_column,
@@ -183,8 +183,8 @@ def _model_batch(rewards: list[float]) -> dict:
 
 
 def test_old_policy_stays_the_parent_when_a_run_resumes(tmp_path, sd_model_dir):
-    from t2i_rlhf.training.finetune_model import StartingPoint, load_unet, save_weights
-    from t2i_rlhf.training.finetune_worker import Finetuner
+    from t2i_rlhf.training.finetune.model import StartingPoint, load_unet, save_weights
+    from t2i_rlhf.training.finetune.worker import Finetuner
 
     cfg = FinetuneConfig(objective="negative_aware", beta=0.0, batch_size=2)
     start = StartingPoint(pipeline_dir=str(sd_model_dir))
@@ -213,8 +213,8 @@ def test_old_policy_stays_the_parent_when_a_run_resumes(tmp_path, sd_model_dir):
 def test_a_finetuner_step_at_the_parent_pushes_by_s_times_2r_minus_1(sd_model_dir):
     """At the round's start (v_θ = v_old) the negative-aware gradient on the real UNet is the
     reward-weighted one with weights s·(2r − 1): the loss is wired to the same x_t, t and z."""
-    from t2i_rlhf.training.finetune_model import resolve_base
-    from t2i_rlhf.training.finetune_worker import Finetuner
+    from t2i_rlhf.training.finetune.model import resolve_base
+    from t2i_rlhf.training.finetune.worker import Finetuner
 
     start = resolve_base(sd_model_dir)
     s, r = 0.5, [1.0, 0.0]

@@ -18,9 +18,9 @@ from t2i_rlhf.model_version import read_manifest
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
 from t2i_rlhf.shapes.prompts import sample_prompts
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_model import export_version, load_unet, materialize_pipeline, resolve_base
-from t2i_rlhf.training.finetune_model import save_weights as save_unet_weights
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.model import export_version, load_unet, materialize_pipeline, resolve_base
+from t2i_rlhf.training.finetune.model import save_weights as save_unet_weights
 
 
 def write_samples(path: Path, n: int, seed: int = 0, seeds_per_prompt: int = 1) -> Path:
@@ -74,7 +74,7 @@ def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model
     from safetensors.torch import load_file
 
     from t2i_rlhf.model_version import ModelManifest
-    from t2i_rlhf.training.finetune_worker import Finetuner
+    from t2i_rlhf.training.finetune.worker import Finetuner
 
     cfg = FinetuneConfig(ema_decay=0.5, lr=1e-3, beta=0.0, batch_size=2)
     start = resolve_base(sd_model_dir)
@@ -103,7 +103,7 @@ def test_ema_is_exported_and_resumes_with_the_trained_weights(tmp_path, sd_model
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two TorchTrainer start-ups; minutes each when the machine is busy
 def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir, tmp_path):
-    from t2i_rlhf.training.finetune_trainer import finetune_round
+    from t2i_rlhf.training.finetune.trainer import finetune_round
 
     samples = write_samples(tmp_path / "samples.parquet", 8, seeds_per_prompt=4)
     pretrain = tmp_path / "pretrain"
@@ -148,7 +148,7 @@ def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir,
 def test_ema_averages_with_its_decay_from_the_first_step(sd_model_dir):
     """The exported average must damp the optimizer's noise from step one: after one step it is
     decay·parent + (1 − decay)·trained (diffusers' default would ramp the decay up from 0.1)."""
-    from t2i_rlhf.training.finetune_worker import Finetuner
+    from t2i_rlhf.training.finetune.worker import Finetuner
 
     cfg = FinetuneConfig(ema_decay=0.9, lr=1e-3, beta=0.0, batch_size=2)
     tuner = Finetuner(cfg, resolve_base(sd_model_dir), torch.device("cpu"))

@@ -84,7 +84,7 @@ def test_clip_stage_batches_by_clip_batch_then_fine_tunes_on_hard_negatives_and_
 
     from t2i_rlhf.cli import main
     from t2i_rlhf.models import pretrain as pretrain_module
-    from t2i_rlhf.training.reward_backbone import ClipBackbone
+    from t2i_rlhf.training.reward.backbone import ClipBackbone
 
     drawn: list[int] = []
     real_examples, real_negative = pretrain_module.examples, pretrain_module.hard_negative_caption

@@ -15,25 +15,25 @@ import torch.nn.functional as F
 
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, parse_prompt, perturb, render
-from t2i_rlhf.training.reward_backbone import ClipBackbone
-from t2i_rlhf.training.reward_data import (
+from t2i_rlhf.training.reward.backbone import ClipBackbone
+from t2i_rlhf.training.reward.data import (
     heldout_mask,
     perturbation_table,
     read_labelled,
     resolve_perturbation,
     shapes_perturbations,
 )
-from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
-from t2i_rlhf.training.reward_margin import PromptMargin
-from t2i_rlhf.training.reward_metrics import accuracy, roc_auc
-from t2i_rlhf.training.reward_model import (
+from t2i_rlhf.training.reward.loss import mse_term, prompt_classification_term, reward_loss
+from t2i_rlhf.training.reward.margin import PromptMargin
+from t2i_rlhf.training.reward.metrics import accuracy, roc_auc
+from t2i_rlhf.training.reward.model import (
     CONFIG_FILE,
     RewardMLP,
     RewardModelSpec,
     load_reward_model,
     save_reward_model,
 )
-from t2i_rlhf.training.reward_views import ImageViews
+from t2i_rlhf.training.reward.views import ImageViews
 
 
 def sample_rows(prompts: list[str], labels: list[float | None], n_labels: list[int]) -> pa.Table:
@@ -104,7 +104,7 @@ def test_perturbations_shapes_grammar_and_beyond():
     table = perturbation_table(["a photo of a cat", "a red circle"], 3, shapes_perturbations)
     assert table[0] == ["a photo of a cat"] and len(table[1]) == 4
     assert resolve_perturbation("none") is None
-    assert resolve_perturbation("t2i_rlhf.training.reward_data:shapes_perturbations") is shapes_perturbations
+    assert resolve_perturbation("t2i_rlhf.training.reward.data:shapes_perturbations") is shapes_perturbations
     with pytest.raises(ValueError, match="module:function"):
         resolve_perturbation("swap-colours")
 

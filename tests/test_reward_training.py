@@ -17,10 +17,10 @@ import torch
 from t2i_rlhf.cli import main as cli_main
 from t2i_rlhf.samples import decode_png, png_bytes
 from t2i_rlhf.shapes import judge, parse_prompt, perturb, render, sample_prompts
-from t2i_rlhf.training.reward_backbone import ClipBackbone
-from t2i_rlhf.training.reward_data import read_labelled
-from t2i_rlhf.training.reward_model import load_reward_model
-from t2i_rlhf.training.reward_training import (
+from t2i_rlhf.training.reward.backbone import ClipBackbone
+from t2i_rlhf.training.reward.data import read_labelled
+from t2i_rlhf.training.reward.model import load_reward_model
+from t2i_rlhf.training.reward.train import (
     EmbeddedSet,
     RewardTrainingConfig,
     agreement_weights,
@@ -28,7 +28,7 @@ from t2i_rlhf.training.reward_training import (
     train_reward_model,
     train_reward_model_remote,
 )
-from t2i_rlhf.training.reward_views import ImageViews
+from t2i_rlhf.training.reward.views import ImageViews
 
 FAST = dict(hidden=256, epochs=30, lr=3e-3, heldout="none", threads=1)
 

@@ -2,7 +2,7 @@
 
 It wraps either any `score(images, prompts) -> float32 array` callable with a version string
 (tests, the oracle judge, before a reward model exists) or a trained reward model directory,
-loaded lazily with `t2i_rlhf.training.reward_model.load_reward_model` so that the import, and
+loaded lazily with `t2i_rlhf.training.reward.model.load_reward_model` so that the import, and
 the model's memory, are paid only where scoring runs. `update_reward_model` swaps models between
 batches, so one long-lived actor serves every round.
 """
@@ -74,7 +74,7 @@ class RewardScorer:
 
     def _scorer(self) -> ScoreFn:
         if self._fn is None:
-            from t2i_rlhf.training.reward_model import load_reward_model
+            from t2i_rlhf.training.reward.model import load_reward_model
 
             assert self._path is not None
             model = load_reward_model(self._path, device=_device())

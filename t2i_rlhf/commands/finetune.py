@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from t2i_rlhf.training.finetune_config import FinetuneConfig
+from t2i_rlhf.training.finetune.config import FinetuneConfig
 
 # flag -> FinetuneConfig field, for the settings most often changed from the command line
 OVERRIDES = {
@@ -51,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2i_rlhf.training.finetune_trainer import finetune_round
+    from t2i_rlhf.training.finetune.trainer import finetune_round
 
     manifest = finetune_round(
         config_from_args(args), samples=args.samples, pretrain_data=args.pretrain_data, base=args.base,

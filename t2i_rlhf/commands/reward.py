@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from t2i_rlhf.training.reward_config import RewardTrainingConfig
+from t2i_rlhf.training.reward.config import RewardTrainingConfig
 
 # Config fields exposed as flags (the rest keep their defaults).
 _FLAGS = ("backbone", "hidden", "features", "dropout", "lambda_aux", "temperature", "n_prompts", "perturbation",
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from t2i_rlhf.training.reward_training import train_reward_model
+    from t2i_rlhf.training.reward.train import train_reward_model
 
     cfg = RewardTrainingConfig(**{name: getattr(args, name) for name in (*_FLAGS, "prompt_margin")},
                                views={"flip": args.view_flip, "shift": args.view_shift})
@@ -61,8 +61,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from t2i_rlhf.training.reward_model import load_reward_model
-    from t2i_rlhf.training.reward_training import evaluate_reward_model
+    from t2i_rlhf.training.reward.model import load_reward_model
+    from t2i_rlhf.training.reward.train import evaluate_reward_model
 
     model = load_reward_model(args.model, backbone=args.backbone)
     print(json.dumps(evaluate_reward_model(model, args.data), indent=2, default=float))

@@ -298,7 +298,7 @@ def unet_phases(cfg: PretrainConfig) -> tuple[UnetPhase, ...]:
 def pretrain_unet(cfg: PretrainConfig) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from t2i_rlhf.training.finetune_loss import denoising_target
+    from t2i_rlhf.training.finetune.loss import denoising_target
 
     torch.manual_seed(cfg.seed)
     if cfg.unet_init is not None:

@@ -172,7 +172,7 @@ def labelled_table(ctx: LoopContext, upto_round: int) -> pa.Table:
 
 def train_reward(ctx: LoopContext, round: int) -> dict:
     """r(x, z) on every label so far: MSE + λ · prompt classification (a Ray task)."""
-    from t2i_rlhf.training.reward_training import train_reward_model_remote
+    from t2i_rlhf.training.reward.train import train_reward_model_remote
 
     version = f"rm-r{round:04d}"
     out = ctx.run_dir / "reward_models" / version
@@ -212,7 +212,7 @@ def rescore_samples(ctx: LoopContext, round: int) -> dict:
 
 def finetune(ctx: LoopContext, round: int, base: str, pretrain_data: str) -> dict:
     """mean r_i·‖ε − ε_θ‖² + β·NLL on the Ray Train group; re-running resumes the same run."""
-    from t2i_rlhf.training.finetune_trainer import finetune_round
+    from t2i_rlhf.training.finetune.trainer import finetune_round
 
     version = f"r{round:04d}"
     out = ctx.run_dir / "models" / version

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from t2i_rlhf.training.reward_backbone import ClipBackbone
-from t2i_rlhf.training.reward_data import resolve_perturbation
+from t2i_rlhf.training.reward.backbone import ClipBackbone
+from t2i_rlhf.training.reward.data import resolve_perturbation
 
 
 class PromptMargin:

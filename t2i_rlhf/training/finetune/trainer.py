@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 from t2i_rlhf.model_version import ModelManifest
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.samples import parquet_files
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_data import (
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.data import (
     MODEL_COLUMNS,
     PRETRAIN_COLUMNS,
     count_rows,
@@ -30,9 +30,9 @@ from t2i_rlhf.training.finetune_data import (
     pretrain_dataset,
     pretrain_latent_files,
 )
-from t2i_rlhf.training.finetune_model import export_version, resolve_base
-from t2i_rlhf.training.finetune_worker import PROGRESS, reward_column, steps_for, train_loop_per_worker
-from t2i_rlhf.training.reward_normalization import check_unit_interval, read_prompt_normalization
+from t2i_rlhf.training.finetune.model import export_version, resolve_base
+from t2i_rlhf.training.finetune.rewards import check_unit_interval, read_prompt_normalization
+from t2i_rlhf.training.finetune.worker import PROGRESS, reward_column, steps_for, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 e.g. a local openai/clip-vit-large-patch14 on a cluster) that turns images and prompts into
 L2-normalised embeddings. It is never trained, so its embeddings are computed once and cached:
 images by a hash of their pixels, prompts by their text. An image's embedding is the mean over
-its views (reward_views), one view by default."""
+its views (views.py), one view by default."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from t2i_rlhf.fingerprint import tree_fingerprint
-from t2i_rlhf.training.reward_views import ImageViews
+from t2i_rlhf.training.reward.views import ImageViews
 
 log = logging.getLogger(__name__)
 

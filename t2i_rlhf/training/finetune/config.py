@@ -21,7 +21,7 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # --- the objective: mean_i ℓ(r_i, sample i) + beta · mean_j ‖ε − ε_θ‖² (finetune_loss.py) ---
+    # --- the objective: mean_i ℓ(r_i, sample i) + beta · mean_j ‖ε − ε_θ‖² (loss.py) ---
     objective: Literal["reward_weighted", "negative_aware"] = Field("reward_weighted", description=(
         "The loss ℓ on each model sample: `reward_weighted` is the paper's ℓ = r·‖ε − ε_θ‖² (Lee et al. "
         "2023, arXiv 2302.12192); `negative_aware` is ℓ = r·‖v⁺ − v‖² + (1 − r)·‖v⁻ − v‖² against the "

@@ -17,7 +17,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from t2i_rlhf.model_version import BASE_VERSION, MANIFEST, ModelManifest, read_manifest, write_manifest
-from t2i_rlhf.training.finetune_config import FinetuneConfig
+from t2i_rlhf.training.finetune.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 

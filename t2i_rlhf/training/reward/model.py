@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
-from t2i_rlhf.training.reward_config import Features
-from t2i_rlhf.training.reward_margin import PromptMargin
-from t2i_rlhf.training.reward_views import ImageViews
+from t2i_rlhf.training.reward.backbone import ClipBackbone, check_backbone_dir
+from t2i_rlhf.training.reward.config import Features
+from t2i_rlhf.training.reward.margin import PromptMargin
+from t2i_rlhf.training.reward.views import ImageViews
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class RewardModelSpec(BaseModel):
     hidden: int = 1024
     features: Features = "concat_product"
     dropout: float = 0.0
-    # The zero-shot prompt margin input (reward_margin): its perturbation function and how many
+    # The zero-shot prompt margin input (margin.py): its perturbation function and how many
     # perturbations it compares with; None for a model without it.
     margin_perturbation: str | None = None
     margin_prompts: int = 16

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from t2i_rlhf.training.reward_views import ImageViews
+from t2i_rlhf.training.reward.views import ImageViews
 
 # The head's input (meaning: RewardTrainingConfig.features).
 Features = Literal["concat", "concat_product"]

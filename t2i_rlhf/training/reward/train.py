@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from t2i_rlhf.training.reward_backbone import ClipBackbone, check_backbone_dir
-from t2i_rlhf.training.reward_config import RewardTrainingConfig
-from t2i_rlhf.training.reward_data import (
+from t2i_rlhf.training.reward.backbone import ClipBackbone, check_backbone_dir
+from t2i_rlhf.training.reward.config import RewardTrainingConfig
+from t2i_rlhf.training.reward.data import (
     LabelledData,
     LabelledSet,
     heldout_mask,
@@ -29,10 +29,10 @@ from t2i_rlhf.training.reward_data import (
     read_labelled,
     resolve_perturbation,
 )
-from t2i_rlhf.training.reward_loss import mse_term, prompt_classification_term, reward_loss
-from t2i_rlhf.training.reward_margin import PromptMargin
-from t2i_rlhf.training.reward_metrics import score_metrics
-from t2i_rlhf.training.reward_model import (
+from t2i_rlhf.training.reward.loss import mse_term, prompt_classification_term, reward_loss
+from t2i_rlhf.training.reward.margin import PromptMargin
+from t2i_rlhf.training.reward.metrics import score_metrics
+from t2i_rlhf.training.reward.model import (
     RewardMLP,
     RewardModel,
     RewardModelSpec,

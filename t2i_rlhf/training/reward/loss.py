@@ -7,7 +7,7 @@
 where z_1 = z is the true prompt and z_2..z_N are perturbations of it (count, colour, shape or
 scene swapped). The auxiliary prompt-classification term teaches r what in the prompt the image
 must agree with, which is what lets it generalise to unseen prompts. The squared error may weigh
-samples unequally (reward_training: labels held-out heads contradict weigh less)."""
+samples unequally (train.py: labels held-out heads contradict weigh less)."""
 
 from __future__ import annotations
 

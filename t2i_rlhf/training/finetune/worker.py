@@ -26,17 +26,17 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from t2i_rlhf.training.finetune_config import FinetuneConfig
-from t2i_rlhf.training.finetune_data import batch_latents, micro_batches
-from t2i_rlhf.training.finetune_loss import (
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.data import batch_latents, micro_batches
+from t2i_rlhf.training.finetune.loss import (
     denoising_prediction,
     finetune_loss,
     negative_aware_finetune_loss,
     negative_aware_loss,
     squared_errors,
 )
-from t2i_rlhf.training.finetune_model import EMA_DIR, StartingPoint, load_unet, save_weights, unwrap
-from t2i_rlhf.training.reward_normalization import require_unit_interval
+from t2i_rlhf.training.finetune.model import EMA_DIR, StartingPoint, load_unet, save_weights, unwrap
+from t2i_rlhf.training.finetune.rewards import require_unit_interval
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _mean_across_workers(metrics: dict[str, float]) -> dict[str, float]:
 def train_loop_per_worker(config: dict) -> None:
     """config: {"finetune": FinetuneConfig fields, "start": StartingPoint fields, "total_steps",
     "model_rows_per_worker", "pretrain_rows_per_worker", "in_memory": {source: bool}} (built by
-    finetune_trainer)."""
+    trainer.py)."""
     import ray.train
     import ray.train.torch
 

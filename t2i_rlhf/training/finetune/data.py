@@ -2,7 +2,7 @@
 
 - Model samples: the round's scored samples (SAMPLE_SCHEMA). Their `latents` are already the
   scaled x0 latents, so no VAE is needed; rows without the chosen r (`reward` or `label`) are
-  dropped, and r is normalised within each prompt if asked (reward_normalization.py).
+  dropped, and r is normalised within each prompt if asked (rewards.py).
 - Pre-training examples: PNG images + captions (write_pretrain_parquet). The frozen VAE encodes
   them ONCE, with Ray Data, into a latent cache keyed by the input files and the VAE weights; every
   later round and every epoch reads the cache. Encoding on the workers instead would redo the same
@@ -29,7 +29,7 @@ import torch
 
 from t2i_rlhf.fingerprint import files_fingerprint
 from t2i_rlhf.samples import parquet_files
-from t2i_rlhf.training.reward_normalization import PromptNormalization, normalize_reward_column
+from t2i_rlhf.training.finetune.rewards import PromptNormalization, normalize_reward_column
 
 log = logging.getLogger(__name__)
 
