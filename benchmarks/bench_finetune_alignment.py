@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from t2i_rlhf.diffusion.latents import decode_latents, encode_images
 from t2i_rlhf.evaluation import evaluate_model, load_pipeline
-from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
 from t2i_rlhf.shapes.captions import write_pretrain_parquet

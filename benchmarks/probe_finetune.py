@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
+from t2i_rlhf.diffusion.latents import encode_images
 from t2i_rlhf.evaluation import eval_prompts, generate, judge_table
-from t2i_rlhf.models.latents import encode_images
 from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.shapes import sample_prompts
 from t2i_rlhf.shapes.prompts import category_prompts, format_caption, is_heldout

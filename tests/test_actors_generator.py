@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from t2i_rlhf.actors.generator import GenerationConfig, Generator, sample_id
+from t2i_rlhf.diffusion.latents import encode_images
 from t2i_rlhf.model_version import ModelManifest, write_manifest
-from t2i_rlhf.models.latents import encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, decode_png, validate_batch
 
 ITEMS = [("two circles", 11), ("a square in the sea", 12), ("a blue triangle", 13)]

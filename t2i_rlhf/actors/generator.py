@@ -22,8 +22,8 @@ import ray
 import torch
 
 from t2i_rlhf.actors.generation_config import GenerationConfig
+from t2i_rlhf.diffusion.latents import decode_latents, encode_images
 from t2i_rlhf.model_version import BASE_VERSION, MANIFEST, read_manifest
-from t2i_rlhf.models.latents import decode_latents, encode_images
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import parse_prompt
 
@@ -130,7 +130,7 @@ class Generator:
     def _run_pipeline(self, items: list[tuple[str, int]], steps: int,
                       guidance_scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Scaled x0 latents and uint8 images for one chunk. The latents are the VAE encoding of
-        the decoded image (see models/latents.py): what is judged and labelled is the image, so
+        the decoded image (see diffusion/latents.py): what is judged and labelled is the image, so
         that is what fine-tuning learns from, exactly as pre-training data is encoded."""
         cfg = self.config
         prompts = [p for p, _ in items]

@@ -28,8 +28,9 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, CLIPTokenizer
 
+from t2i_rlhf.diffusion.latents import encode_images, images_to_tensor, tensor_to_images
+from t2i_rlhf.diffusion.targets import denoising_target
 from t2i_rlhf.models import architecture as arch
-from t2i_rlhf.models.latents import encode_images, images_to_tensor, tensor_to_images
 from t2i_rlhf.models.tokenizer import build_char_tokenizer
 from t2i_rlhf.shapes.captions import CaptionPolicy, hard_negative_caption, make_example
 from t2i_rlhf.shapes.judge import judge
@@ -297,8 +298,6 @@ def unet_phases(cfg: PretrainConfig) -> tuple[UnetPhase, ...]:
 
 def pretrain_unet(cfg: PretrainConfig) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from t2i_rlhf.training.finetune.loss import denoising_target
 
     torch.manual_seed(cfg.seed)
     if cfg.unet_init is not None:

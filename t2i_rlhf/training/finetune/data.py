@@ -89,7 +89,7 @@ class VaeEncoder:
         self.vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from t2i_rlhf.models.latents import encode_images  # no_grad inside
+        from t2i_rlhf.diffusion.latents import encode_images  # no_grad inside
         from t2i_rlhf.samples import decode_png
 
         images = [decode_png(b) for b in batch.column("image").to_pylist()]

@@ -26,23 +26,14 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDPMScheduler
 
+from t2i_rlhf.diffusion.targets import denoising_target
+
 
 @dataclass
 class LossTerms:
     total: torch.Tensor  # what is back-propagated
     model: torch.Tensor  # the model-sample term, e.g. mean_i r_i·err_i (detached)
     pretrain: torch.Tensor  # mean_j err_j, before β (detached)
-
-
-def denoising_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
-    """ε for ε-prediction models (SD 1.x, shapes-sd); v for v-prediction ones (SD 2.x)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    raise ValueError(f"unsupported prediction_type {kind!r}; expected 'epsilon' or 'v_prediction'")
 
 
 def denoising_prediction(unet: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor,
