@@ -20,7 +20,7 @@ import yaml
 
 from t2i_rlhf.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CI_CONFIG = REPO / "configs" / "shapes-ci.yaml"
 UNINTERRUPTED: dict = {}  # counts of the two-node run, which the kill test compares against
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_actors_buffer import make_batch
 
 from t2i_rlhf.actors.buffer import SampleBufferActor
 from t2i_rlhf.online.steps import resync_earlier_labels
 from t2i_rlhf.services.client import FeedbackClient, aggregate_labels
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.testing import live_server
+from tests.actors.test_buffer import make_batch
 
 pytestmark = pytest.mark.ray
 

@@ -1,5 +1,5 @@
 """Generator: determinism by seed, the sample batch it returns, and weight updates (in-process;
-the Ray path is covered in test_actors_rollout.py)."""
+the Ray path is covered in test_rollout.py)."""
 
 from __future__ import annotations
 

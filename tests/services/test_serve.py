@@ -12,7 +12,7 @@ import yaml
 from t2i_rlhf.services.client import FeedbackClient
 from t2i_rlhf.services.testing import demo_tasks, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN, LAB = "admin-token-serve", "labeller-token-serve"
 
 

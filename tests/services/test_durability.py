@@ -17,7 +17,7 @@ from t2i_rlhf.services.client import FeedbackClient
 from t2i_rlhf.services.testing import demo_tasks, free_port, wait_healthy
 
 ADMIN, LAB = "admin-token-durable", "labeller-token-durable"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(db: Path, port: int) -> subprocess.Popen:

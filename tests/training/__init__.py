@@ -1,0 +1,1 @@
+"""Tests of t2i_rlhf/training/."""
