@@ -31,7 +31,7 @@ from pathlib import Path
 
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.services.client import FeedbackClient
-from t2i_rlhf.services.testing import free_port, wait_healthy
+from t2i_rlhf.services.local_server import free_port, wait_healthy
 from t2i_rlhf.shapes import parse_prompt, render
 
 logger = logging.getLogger("bench_feedback_load")

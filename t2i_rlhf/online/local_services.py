@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from t2i_rlhf.services.testing import free_port, wait_healthy
+from t2i_rlhf.services.local_server import free_port, wait_healthy
 
 log = logging.getLogger(__name__)
 

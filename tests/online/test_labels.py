@@ -12,8 +12,8 @@ from t2i_rlhf.actors.buffer import SampleBufferActor
 from t2i_rlhf.online.steps import resync_earlier_labels
 from t2i_rlhf.services.client import FeedbackClient, aggregate_labels
 from t2i_rlhf.services.settings import FeedbackSettings
-from t2i_rlhf.services.testing import live_server
 from tests.actors.test_buffer import make_batch
+from tests.services.helpers import live_server
 
 pytestmark = pytest.mark.ray
 

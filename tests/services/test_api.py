@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from t2i_rlhf.services.app import create_app
 from t2i_rlhf.services.settings import FeedbackSettings
-from t2i_rlhf.services.testing import demo_tasks
+from tests.services.helpers import demo_tasks
 
 ADMIN, LAB = "admin-token-123", "labeller-token-1"
 A = {"Authorization": f"Bearer {ADMIN}"}

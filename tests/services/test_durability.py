@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 
 from t2i_rlhf.services.client import FeedbackClient
-from t2i_rlhf.services.testing import demo_tasks, free_port, wait_healthy
+from t2i_rlhf.services.local_server import free_port, wait_healthy
+from tests.services.helpers import demo_tasks
 
 ADMIN, LAB = "admin-token-durable", "labeller-token-durable"
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from t2i_rlhf.services.__main__ import main as services_main
 from t2i_rlhf.services.client import FeedbackClient, FeedbackError, aggregate_labels
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.simulate import simulate_labellers
-from t2i_rlhf.services.testing import demo_tasks, live_server
+from tests.services.helpers import demo_tasks, live_server
 
 ADMIN, LAB = "admin-token-live", "labeller-token-live"
 TASKS = demo_tasks(16, round=0, seed=3)

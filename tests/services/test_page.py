@@ -13,7 +13,7 @@ import pytest
 
 from t2i_rlhf.services.client import FeedbackClient
 from t2i_rlhf.services.settings import FeedbackSettings
-from t2i_rlhf.services.testing import demo_tasks, live_server
+from tests.services.helpers import demo_tasks, live_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ADMIN, LAB = "admin-token-page", "labeller-token-page"

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from t2i_rlhf.services.client import FeedbackClient
-from t2i_rlhf.services.testing import demo_tasks, free_port
+from t2i_rlhf.services.local_server import free_port
+from tests.services.helpers import demo_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN, LAB = "admin-token-serve", "labeller-token-serve"

@@ -1,47 +1,21 @@
-"""Helpers for tests, benchmarks and demos: a real uvicorn server in a thread, and labelling tasks
-made from the shapes world (half of them deliberately wrong for their prompt)."""
+"""Test helpers: a real uvicorn server in a thread, and labelling tasks made from the shapes world
+(half of them deliberately wrong for their prompt)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import uvicorn
 
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.services.app import create_app
+from t2i_rlhf.services.local_server import free_port
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.shapes import judge, perturb, render, sample_prompts
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll `url`/v1/health until it answers 200. With `proc` (the server's process), fail at
-    once if it exits, quoting its stderr when that is a pipe; kill it on a time-out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            raise RuntimeError(f"server exited during start-up {err}".rstrip())
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    if proc is not None:
-        proc.kill()
-    raise RuntimeError(f"feedback service at {url} did not become healthy in {timeout_s:.0f} s")
 
 
 @contextmanager
