@@ -1,0 +1,128 @@
+"""The service's command line: `feedback serve` (the feedback service under uvicorn) and `label
+simulate` (simulated labellers posting over HTTP). `python -m t2i_rlhf.services` runs it on its own,
+without the training stack (it starts in about a second, which restarts in the durability test and
+the load benchmark rely on); `t2i-rlhf` registers the same command groups (commands/feedback.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `feedback` and `label` command groups to `sub`."""
+    fb = sub.add_parser("feedback", help="the feedback service (HTTP API + labelling page)")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    s = fb_sub.add_parser(
+        "serve",
+        help="run the feedback service with uvicorn",
+        description="Settings not given fall back to T2I_FEEDBACK_* environment variables.",
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--db", type=Path, default=None, help="SQLite file (default storage/feedback.db)")
+    s.add_argument("--admin-token", default=None, help="or T2I_FEEDBACK_ADMIN_TOKEN; random if neither")
+    s.add_argument(
+        "--labeller-token",
+        action="append",
+        default=None,
+        help="repeatable; or T2I_FEEDBACK_LABELLER_TOKENS (comma-separated)",
+    )
+    s.add_argument("--labels-per-sample", type=int, default=None)
+    s.add_argument("--lease-seconds", type=float, default=None)
+    s.add_argument("--max-body-bytes", type=int, default=None)
+    s.add_argument("--synchronous", choices=("FULL", "NORMAL"), default=None)
+    s.set_defaults(func=serve)
+
+    lab = sub.add_parser("label", help="labelling clients")
+    lab_sub = lab.add_subparsers(dest="label_command", required=True)
+    m = lab_sub.add_parser("simulate", help="simulated labellers: oracle judge + noise, over HTTP")
+    m.add_argument("--url", default="http://127.0.0.1:8000")
+    m.add_argument(
+        "--token",
+        default=os.environ.get("T2I_FEEDBACK_TOKEN"),
+        help="labeller (or admin) token; default T2I_FEEDBACK_TOKEN",
+    )
+    m.add_argument("--workers", type=int, default=4)
+    m.add_argument("--noise", type=float, default=0.1, help="fraction of verdicts flipped")
+    m.add_argument("--max-labels", type=int, default=None)
+    m.add_argument("--round", type=int, default=None, help="only tasks of this round")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--follow", action="store_true", help="keep polling for new tasks instead of stopping when idle"
+    )
+    m.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    m.set_defaults(func=simulate)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from t2i_rlhf.services.app import create_app
+    from t2i_rlhf.services.settings import ENV_PREFIX, FeedbackSettings
+
+    admin = args.admin_token or os.environ.get(ENV_PREFIX + "ADMIN_TOKEN")
+    if not admin:
+        admin = secrets.token_hex(24)
+        logger.warning("no admin token configured; generated one for this run: %s", admin)
+    try:
+        settings = FeedbackSettings.from_env(
+            db_path=args.db,
+            admin_token=admin,
+            labeller_tokens=args.labeller_token,
+            labels_per_sample=args.labels_per_sample,
+            lease_seconds=args.lease_seconds,
+            max_body_bytes=args.max_body_bytes,
+            synchronous=args.synchronous,
+        )
+    except Exception as e:  # pydantic ValidationError: show it as a user error
+        raise ValueError(str(e)) from e
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from t2i_rlhf.services.simulate import simulate_labellers
+
+    if not args.token:
+        raise ValueError("give --token or set T2I_FEEDBACK_TOKEN")
+    result = simulate_labellers(
+        args.url,
+        args.token,
+        workers=args.workers,
+        noise=args.noise,
+        max_labels=args.max_labels,
+        until_idle=not args.follow,
+        seed=args.seed,
+        round=args.round,
+        timeout_s=args.timeout,
+    )
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m t2i_rlhf.services feedback serve ...` / `... label simulate ...`."""
+    parser = argparse.ArgumentParser(prog="python -m t2i_rlhf.services")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
