@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -172,13 +171,3 @@ def parse_overrides(pairs: list[str]) -> dict:
         out[key] = yaml.safe_load(value)
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m t2i_rlhf.run --config ...`, the same as `t2i-rlhf run --config ...`."""
-    from t2i_rlhf.cli import main as cli_main
-
-    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

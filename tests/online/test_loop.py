@@ -164,7 +164,7 @@ def test_two_node_run_places_generation_and_training_on_different_nodes(tmp_path
     config = write_config(
         tmp_path, **{"run.storage": str(tmp_path / "runs"), "rollout.generator_resources": {"gen_node": 1},
                      "finetune.resources_per_worker": {"CPU": 1, "train_node": 1}})
-    out = subprocess.run([sys.executable, "-m", "t2i_rlhf.run", "--config", str(config)],
+    out = subprocess.run([sys.executable, "-m", "t2i_rlhf.cli", "run", "--config", str(config)],
                          env=driver_env(two_node_cluster), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "shapes-ci"
@@ -190,7 +190,7 @@ def test_killed_driver_resumes_to_the_same_counts(tmp_path, ray_session):
     address = ray_session.get_runtime_context().gcs_address
     config = write_config(tmp_path, **{"run.storage": str(tmp_path / "runs"), "run.finetune_from": "base"})
     run_dir = tmp_path / "runs" / "shapes-ci"
-    cmd = [sys.executable, "-m", "t2i_rlhf.run", "--config", str(config)]
+    cmd = [sys.executable, "-m", "t2i_rlhf.cli", "run", "--config", str(config)]
     first = subprocess.Popen(cmd, env=driver_env(address), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # kill it mid-round: once round 0's labels are in, before the round is over
     deadline = time.monotonic() + 600
