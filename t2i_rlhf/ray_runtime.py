@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
+from t2i_rlhf.logs import library_env
+
 log = logging.getLogger(__name__)
 
 # what a local instance's workers need: no hub, and one BLAS thread each (the actors and the
-# training workers set their own torch thread counts)
+# training workers set their own torch thread counts); library_env() adds the driver's log settings
 LOCAL_ENV_VARS = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -29,4 +31,4 @@ def init_ray(min_cpus: int = 1) -> None:
     # The dashboard serves the State API, which Ray Train's placement-group cleaner polls (without
     # it, every training run logs "Failed to query Ray Train Controller actor state"); 127.0.0.1.
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": LOCAL_ENV_VARS})
+             runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()}})

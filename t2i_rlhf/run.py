@@ -14,12 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from t2i_rlhf import logs
 from t2i_rlhf.actors.rollout import start_actors
 from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import grid_items, save_grid
 from t2i_rlhf.online import steps
 from t2i_rlhf.online.base_eval_cache import cache_dir, load_base_eval, store_base_eval
-from t2i_rlhf.online.local_services import local_feedback_service, simulated_labellers, tokens
+from t2i_rlhf.online.local_services import (
+    labeller_token_hint,
+    local_feedback_service,
+    simulated_labellers,
+    tokens,
+)
 from t2i_rlhf.online.report import paper_table, write_metrics, write_report
 from t2i_rlhf.online.state import RunState, StateStore
 from t2i_rlhf.ray_runtime import init_ray
@@ -93,7 +99,9 @@ def feedback_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[Feedback
                                                     cfg.run.seed, run_dir / "logs" / "labellers.log"))
         client = stack.enter_context(FeedbackClient(url, admin))
         client.health()
-        print(f"feedback service: {url}  (labelling page: {url}/)", flush=True)
+        print(f"feedback service: {url}  (labelling page: {url}/)\n"
+              f"labeller token: {labeller_token_hint(run_dir, lab.admin_token_env, lab.labeller_token_env)}",
+              flush=True)
         yield client
 
 
@@ -109,9 +117,16 @@ def ensure_pretrain_data(cfg: ExperimentConfig, run_dir: Path) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig) -> RunState:
-    t0 = time.monotonic()
+    """The whole experiment, resuming where the run directory says. The console gets progress and
+    the lines a person needs; <run>/logs/driver.log gets every log record, libraries' included."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with logs.to_file(run_dir / "logs" / "driver.log"):
+        return _run_experiment(cfg, run_dir)
+
+
+def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
+    t0 = time.monotonic()
     store = StateStore(run_dir)
     state = store.load()
     init_ray(min_cpus=6)  # local: room for generators, scorers and the training group together
@@ -156,7 +171,8 @@ def run_experiment(cfg: ExperimentConfig) -> RunState:
     if state.base_eval and last:
         print("\nJudged alignment on held-out prompts (oracle judge), base vs tuned:\n")
         print(paper_table(state.base_eval, last, f"after {cfg.run.rounds} rounds"))
-    print(f"\nreport: {report}\nwall time: {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+    print(f"\nreport: {report}\nlogs: {run_dir / 'logs'}\nwall time: {(time.monotonic() - t0) / 60:.1f} min",
+          flush=True)
     return state
 
 

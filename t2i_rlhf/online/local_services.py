@@ -54,7 +54,7 @@ def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     try:
         wait_healthy(url, 60.0, proc)
-        log.info("feedback service on %s (db %s; labelling page %s/)", url, db_path, url)
+        log.info("local feedback service on %s (db %s, its log %s)", url, db_path, log_path)
         yield url
     finally:
         stop(proc)
@@ -79,10 +79,14 @@ def simulated_labellers(url: str, token: str, workers: int, noise: float, seed: 
         stop(proc)
 
 
+def tokens_file(run_dir: Path) -> Path:
+    return run_dir / "feedback-tokens"
+
+
 def tokens(run_dir: Path, admin_env: str, labeller_env: str) -> tuple[str, str]:
     """Tokens from the environment, else generated once per run and kept (mode 600) in the run
     directory so a resumed driver and its service agree."""
-    path = run_dir / "feedback-tokens"
+    path = tokens_file(run_dir)
     if os.environ.get(admin_env) and os.environ.get(labeller_env):
         return os.environ[admin_env], os.environ[labeller_env]
     if path.exists():
@@ -93,3 +97,10 @@ def tokens(run_dir: Path, admin_env: str, labeller_env: str) -> tuple[str, str]:
     path.write_text(f"{admin}\n{labeller}\n")
     path.chmod(0o600)
     return admin, labeller
+
+
+def labeller_token_hint(run_dir: Path, admin_env: str, labeller_env: str) -> str:
+    """How a person gets the labeller token `tokens` chose, without printing the token itself."""
+    if os.environ.get(admin_env) and os.environ.get(labeller_env):
+        return f"${labeller_env}"
+    return f"sed -n 2p {tokens_file(run_dir)}"

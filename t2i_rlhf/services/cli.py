@@ -13,6 +13,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from t2i_rlhf import logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m t2i_rlhf.services")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     return int(args.func(args) or 0)
 
 

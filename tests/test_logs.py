@@ -1,0 +1,54 @@
+"""Who sees which log line (t2i_rlhf/logs.py): the console passes this package's INFO and every
+warning, the run's log file gets libraries' INFO too, and Ray jobs get the same library settings."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+
+from t2i_rlhf import logs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def record(name: str, level: int) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, "message", None, None)
+
+
+def test_console_shows_package_info_and_every_warning_but_no_library_info() -> None:
+    console = logs.ConsoleFilter()
+    assert console.filter(record("t2i_rlhf.run", logging.INFO))
+    assert console.filter(record("__main__", logging.INFO))
+    assert not console.filter(record("httpx", logging.INFO))  # one line per HTTP request
+    assert not console.filter(record("t2i_rlhf_other", logging.INFO))  # a prefix is not the package
+    assert console.filter(record("httpx", logging.WARNING))
+
+
+def test_configure_quiets_libraries_unless_verbose_or_set(monkeypatch) -> None:
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # root stays as it is
+    for key in logs.QUIET_ENV:
+        monkeypatch.setenv(key, "")  # recorded, so what configure sets is undone after the test
+        monkeypatch.delenv(key)
+    logs.configure(verbose=True)
+    assert logs.library_env() == {} and not logs.quiet()
+    monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "DEBUG")  # the user's own choice wins
+    logs.configure()
+    assert logs.library_env() == {**logs.QUIET_ENV, "RAY_DATA_LOG_LEVEL": "DEBUG"}
+    assert logs.quiet() and logs.ray_train_log_level() == "WARNING"
+
+
+def test_the_log_file_gets_library_info(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "logs" / "driver.log"
+    with logs.to_file(path):
+        logging.getLogger("httpx").info("HTTP Request: GET /v1/health")
+    logging.getLogger("httpx").info("after the run")
+    text = path.read_text()
+    assert "httpx: HTTP Request: GET /v1/health" in text and "after the run" not in text
+
+
+def test_a_submitted_job_gets_the_same_library_settings() -> None:
+    env = yaml.safe_load((REPO / "deploy" / "runtime_env.yaml").read_text())["env_vars"]
+    assert {key: env.get(key) for key in logs.QUIET_ENV} == logs.QUIET_ENV
