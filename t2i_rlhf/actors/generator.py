@@ -23,6 +23,7 @@ import torch
 
 from t2i_rlhf.actors.generation_config import GenerationConfig
 from t2i_rlhf.diffusion.latents import decode_latents, encode_images
+from t2i_rlhf.logs import quiet_diffusers_loading
 from t2i_rlhf.model_version import BASE_VERSION, MANIFEST, read_manifest
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import parse_prompt
@@ -76,6 +77,7 @@ class Generator:
             torch.set_num_threads(self.config.torch_threads)
         use_cuda = self.config.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        quiet_diffusers_loading()
         self.pipe = StableDiffusionPipeline.from_pretrained(
             self.model_dir, dtype=getattr(torch, self.config.dtype),
             safety_checker=None, requires_safety_checker=False,

@@ -119,7 +119,7 @@ def pretrain_latent_files(pretrain_data: str | Path | list, pipeline_dir: Path, 
     tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     ds = ray.data.read_parquet([str(f) for f in files], columns=["image", "caption"])
     ds = ds.map_batches(VaeEncoder, fn_constructor_kwargs={"vae_dir": str(vae_dir)}, batch_size=batch_size,
-                        batch_format="pyarrow", concurrency=1, num_cpus=1)
+                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     ds.write_parquet(str(tmp))
     (tmp / "_SUCCESS").write_text(json.dumps({"inputs": [str(f) for f in files], "vae": str(vae_dir)}))
     if out.exists():  # another process finished first; theirs is as good as ours

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from t2i_rlhf.logs import ray_train_log_level
 from t2i_rlhf.model_version import ModelManifest
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.samples import parquet_files
@@ -114,7 +115,7 @@ def finetune_round(
     Returns the manifest written to out_dir (version defaults to f"r{round:04d}").
     fail_at_step: fault injection (tests, drills; local storage only): one worker dies once there.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
@@ -169,6 +170,7 @@ def finetune_round(
             name=name, storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            logging_config=LoggingConfig(log_level=ray_train_log_level()),
         ),
         datasets=datasets,
     )
