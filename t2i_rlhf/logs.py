@@ -41,14 +41,15 @@ class ConsoleFilter(logging.Filter):
 
 
 def configure(verbose: bool = False) -> None:
-    """An entry point's console logging (as `logging.basicConfig`, a no-op where the root logger
-    already has handlers, e.g. under pytest). verbose: DEBUG, and every library as loud as it is."""
-    if not verbose:
-        for key, value in QUIET_ENV.items():
-            os.environ.setdefault(key, value)  # a variable the user set wins
+    """An entry point's logging. As `logging.basicConfig`, it does nothing where the root logger
+    already has handlers (pytest, a program that calls us), environment included, so an in-process
+    call changes nothing for its caller. verbose: DEBUG, and every library as loud as it is."""
     root = logging.getLogger()
     if root.handlers:
         return
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)  # a variable the user set wins
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     if not verbose:

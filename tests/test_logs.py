@@ -27,16 +27,26 @@ def test_console_shows_package_info_and_every_warning_but_no_library_info() -> N
 
 
 def test_configure_quiets_libraries_unless_verbose_or_set(monkeypatch) -> None:
-    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # root stays as it is
+    root, level = logging.getLogger(), logging.getLogger().level
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process; pytest's come back after
     for key in logs.QUIET_ENV:
         monkeypatch.setenv(key, "")  # recorded, so what configure sets is undone after the test
         monkeypatch.delenv(key)
-    logs.configure(verbose=True)
-    assert logs.library_env() == {} and not logs.quiet()
-    monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "DEBUG")  # the user's own choice wins
-    logs.configure()
-    assert logs.library_env() == {**logs.QUIET_ENV, "RAY_DATA_LOG_LEVEL": "DEBUG"}
-    assert logs.quiet() and logs.ray_train_log_level() == "WARNING"
+    try:
+        logs.configure(verbose=True)
+        assert logs.library_env() == {} and not logs.quiet() and root.level == logging.DEBUG
+        assert not root.handlers[0].filters  # verbose: the console shows every record
+        root.handlers.clear()
+        monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "DEBUG")  # the user's own choice wins
+        logs.configure()
+        assert logs.library_env() == {**logs.QUIET_ENV, "RAY_DATA_LOG_LEVEL": "DEBUG"}
+        assert logs.quiet() and logs.ray_train_log_level() == "WARNING" and root.level == logging.INFO
+        assert isinstance(root.handlers[0].filters[0], logs.ConsoleFilter)
+        monkeypatch.delenv("T2I_RLHF_QUIET_LIBRARIES")
+        logs.configure()  # configured already (as under pytest): changes nothing, environment included
+        assert not logs.quiet() and len(root.handlers) == 1
+    finally:
+        root.setLevel(level)
 
 
 def test_the_log_file_gets_library_info(tmp_path, caplog) -> None:
