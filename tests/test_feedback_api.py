@@ -122,8 +122,11 @@ def test_publish_json_is_idempotent(client: TestClient) -> None:
     body["tasks"].append(_json_task(TASKS[3]))
     r = client.post("/v1/tasks", json=body, headers=A)
     assert r.status_code == 201 and r.json() == {"published": 1, "existing": 3}
-    task = client.get(f"/v1/tasks/{IDS[0]}", headers=L).json()
+    task = client.get(f"/v1/tasks/{IDS[0]}", headers=A).json()
     assert task["prompt"] == TASKS[0]["prompt"] and task["round"] == 0 and task["votes"] == 0
+    assert task["gold"] is None
+    as_labeller = client.get(f"/v1/tasks/{IDS[0]}", headers=L).json()
+    assert as_labeller == {**task, "votes": None}  # vote counts are the admin's: they would betray gold tasks
 
 
 def test_publish_parquet_with_sample_schema_columns(client: TestClient) -> None:
@@ -351,7 +354,8 @@ def test_stats_counts_and_agreement(tmp_path: Path) -> None:
             label(c, IDS[1], v, who)
         label(c, IDS[2], "good", "a")
         label(c, IDS[6], "skip", "a")
-        s = c.get("/v1/stats", headers=L).json()
+        assert c.get("/v1/stats", headers=L).status_code == 403  # it names labellers and their gold accuracy
+        s = c.get("/v1/stats", headers=A).json()
         assert s["labels_per_sample"] == 3
         r0, r1 = s["rounds"]
         assert (r0["round"], r0["published"], r0["labelled"], r0["complete"]) == (0, 6, 3, 1)
@@ -359,9 +363,9 @@ def test_stats_counts_and_agreement(tmp_path: Path) -> None:
         # sample 0: pairs ab agree, ac/bc disagree; sample 1: one agreeing pair (the skip is not a vote)
         assert (r0["pairs"], r0["agreeing_pairs"]) == (4, 2) and r0["agreement"] == pytest.approx(0.5)
         assert (r1["published"], r1["labelled"], r1["skipped"], r1["agreement"]) == (2, 0, 1, None)
-        only1 = c.get("/v1/stats?round=1", headers=L).json()["rounds"]
+        only1 = c.get("/v1/stats?round=1", headers=A).json()["rounds"]
         assert only1 == [r1]
-        assert c.get("/v1/stats?round=-1", headers=L).status_code == 422
+        assert c.get("/v1/stats?round=-1", headers=A).status_code == 422
 
 
 # -- limits and settings ----------------------------------------------------------------------------
@@ -384,10 +388,15 @@ def test_settings_from_env() -> None:
         "T2I_FEEDBACK_DB_PATH": "/tmp/x.db",
     }
     s = FeedbackSettings.from_env(env, lease_seconds=9.0, max_batch=None)
-    assert s.labeller_tokens == ["b" * 8, "c" * 9] and s.labels_per_sample == 2 and s.lease_seconds == 9.0
+    assert s.shared_labeller_tokens == ["b" * 8, "c" * 9] and s.labels_per_sample == 2 and s.lease_seconds == 9.0
     assert str(s.db_path) == "/tmp/x.db" and s.synchronous == "FULL" and s.max_batch == 1000
     with pytest.raises(ValueError, match="at least 8"):
         FeedbackSettings.from_env(env, labeller_tokens=["short"])
+    # the new name wins over the old one, in the environment and as an argument
+    new = FeedbackSettings.from_env({**env, "T2I_FEEDBACK_SHARED_LABELLER_TOKENS": "d" * 8})
+    assert new.shared_labeller_tokens == ["d" * 8]
+    assert FeedbackSettings(admin_token="a" * 8, labeller_tokens=["e" * 8]).shared_labeller_tokens == ["e" * 8]
+    assert FeedbackSettings.from_env(env, shared_labeller_tokens=["f" * 8]).shared_labeller_tokens == ["f" * 8]
     with pytest.raises(ValueError):
         FeedbackSettings.from_env({})  # no admin token
 

@@ -23,10 +23,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from t2i_rlhf.services.errors import ERROR_CODES, field_errors
-from t2i_rlhf.services.routers import labels, stats, tasks
+from t2i_rlhf.services.identity import NotYourLabel
+from t2i_rlhf.services.routers import labellers, labels, stats, tasks
 from t2i_rlhf.services.schemas import PublishRequest
 from t2i_rlhf.services.settings import FeedbackSettings
-from t2i_rlhf.services.store import FeedbackStore, StoreError, UnknownSample
+from t2i_rlhf.services.store import FeedbackStore, LabellerConflict, StoreError, UnknownLabeller, UnknownSample
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = resources.files("t2i_rlhf.services") / "static"
@@ -145,6 +146,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unknown_sample(_: Request, exc: UnknownSample) -> JSONResponse:
         return _error(status.HTTP_404_NOT_FOUND, "unknown_sample", str(exc))
 
+    @app.exception_handler(UnknownLabeller)
+    async def unknown_labeller(_: Request, exc: UnknownLabeller) -> JSONResponse:
+        return _error(status.HTTP_404_NOT_FOUND, "unknown_labeller", str(exc))
+
+    @app.exception_handler(LabellerConflict)
+    async def labeller_conflict(_: Request, exc: LabellerConflict) -> JSONResponse:
+        return _error(status.HTTP_409_CONFLICT, "conflict", str(exc))
+
+    @app.exception_handler(NotYourLabel)
+    async def not_yours(_: Request, exc: NotYourLabel) -> JSONResponse:
+        return _error(status.HTTP_403_FORBIDDEN, "forbidden", str(exc))
+
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:  # not acknowledged: clients retry
         return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", str(exc), {"Retry-After": "1"})
@@ -184,7 +197,7 @@ def create_app(settings: FeedbackSettings, store: FeedbackStore | None = None) -
     app.state.settings = settings
     app.state.store = store
     _install_error_handlers(app)
-    for r in (tasks.router, labels.router, stats.router):
+    for r in (tasks.router, labels.router, labellers.router, stats.router):
         app.include_router(r)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
