@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -124,16 +125,30 @@ def _error(status_code: int, error: str, detail: object, headers: dict[str, str]
     return JSONResponse({"error": error, "detail": detail}, status_code=status_code, headers=headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """The methods of this path, as OpenAPI reads paths: every route of the path (Starlette's 405
+    named the first route's only, and /v1/labels is two: GET, POST), and a concrete path before a
+    templated one (/v1/tasks/next is the lease's, though /v1/tasks/{sample_id} matches it too)."""
+    path = request.scope.get("path", "")
+    hits = [(concrete, methods) for regex, concrete, methods in request.app.state.route_methods if regex.match(path)]
+    if any(concrete for concrete, _ in hits):
+        hits = [h for h in hits if h[0]]
+    return ", ".join(sorted({m for _, methods in hits for m in methods}))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, _BodyTooLarge):  # FastAPI wraps errors raised while parsing the body
             return _error(status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", "request body too large")
         detail: object = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == status.HTTP_422_UNPROCESSABLE_CONTENT:  # keep the declared 422 shape
             detail = [{"loc": [], "msg": detail, "type": "value_error"}]
         name = ERROR_CODES.get(exc.status_code, "error")
-        return _error(exc.status_code, name, detail, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            headers["Allow"] = _allowed_methods(request)
+        return _error(exc.status_code, name, detail, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -197,8 +212,15 @@ def create_app(settings: FeedbackSettings, store: FeedbackStore | None = None) -
     app.state.settings = settings
     app.state.store = store
     _install_error_handlers(app)
-    for r in (tasks.router, labels.router, labellers.router, stats.router):
+    routers = (tasks.router, labels.router, labellers.router, stats.router)
+    for r in routers:
         app.include_router(r)
+    app.state.route_methods = [  # for the Allow header of a 405
+        (route.path_regex, "{" not in route.path, set(route.methods))
+        for r in routers
+        for route in r.routes
+        if isinstance(route, APIRoute)
+    ]
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     @app.get("/", include_in_schema=False)

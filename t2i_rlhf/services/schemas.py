@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal
+from typing import Literal, get_args
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from t2i_rlhf.services.identity import DEFAULT_PREFIX
 
@@ -35,27 +35,63 @@ _CTRL = r"\x00-\x1f\x7f-\x9f"
 SAMPLE_ID_PATTERN = rf"^[^{_CTRL}/]*[^{_CTRL}/.][^{_CTRL}/]*$"
 SAMPLE_ID_RULE = f"unique across the run; 1..{SAMPLE_ID_MAX} characters, no '/' or control characters, not only dots"
 LABELLER_MAX = 100
-LABELLER_PATTERN = r"^[\w.@:+-]+$"
+# ASCII, spelt out: `\w` is Unicode-wide in Python but ASCII in the JSON Schema (ECMA-262) regex
+# a client reads from /openapi.json, so `ü` would pass here and be invalid there.
+LABELLER_PATTERN = r"^[A-Za-z0-9_.@:+-]+$"
 LABELLER_RULE = (
     "who labels. With a labeller's own token: omit it, or give the token owner's name (any other name is "
     "403). With the shared or admin token: any name that is not a labeller account; default: an id derived "
     "from the token"
 )
-LABELLER_NAME_RULE = f"1..{LABELLER_MAX} of letters, digits, _ . @ : + -; not starting with 'token-'"
+LABELLER_NAME_RULE = f"1..{LABELLER_MAX} of ASCII letters, digits, _ . @ : + -; not starting with 'token-'"
 TEXT_MAX = 200  # category, model_version
 
-SampleId = Field(..., min_length=1, max_length=SAMPLE_ID_MAX, pattern=SAMPLE_ID_PATTERN, description=SAMPLE_ID_RULE)
+SAMPLE_ID_EXAMPLE, LABELLER_EXAMPLE = "r0-s0-00000", "alice"  # the examples of /docs (and of fuzzers)
+SampleId = Field(
+    ...,
+    min_length=1,
+    max_length=SAMPLE_ID_MAX,
+    pattern=SAMPLE_ID_PATTERN,
+    description=SAMPLE_ID_RULE,
+    examples=[SAMPLE_ID_EXAMPLE],
+)
 Round = Field(..., ge=0, le=MAX_ROUND, description="training round (int32)")
 Labeller = Field(None, min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
 # ... and the same rules where ids, labellers and rounds come in the path or the query string
-SampleIdPath = Path(..., min_length=1, max_length=SAMPLE_ID_MAX, pattern=SAMPLE_ID_PATTERN, description=SAMPLE_ID_RULE)
+SampleIdPath = Path(
+    ...,
+    min_length=1,
+    max_length=SAMPLE_ID_MAX,
+    pattern=SAMPLE_ID_PATTERN,
+    description=SAMPLE_ID_RULE,
+    examples=[SAMPLE_ID_EXAMPLE],
+)
 LabellerQuery = Query(None, min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
 RoundQuery = Query(None, ge=0, le=MAX_ROUND, description="only this round (int32)")
-LabellerPath = Path(..., min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description="account name")
+LabellerPath = Path(
+    ...,
+    min_length=1,
+    max_length=LABELLER_MAX,
+    pattern=LABELLER_PATTERN,
+    description="account name",
+    examples=[LABELLER_EXAMPLE],
+)
 
 
 class _Strict(BaseModel):
+    """Request bodies: unknown fields are refused, and an integer field takes what JSON Schema
+    calls an integer: 3 or 3.0, but not `false` or `"3"`, which pydantic's lax mode would read as
+    0 and 3 (its strict mode would refuse 3.0, which the schema allows)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_integers(cls, v: object, info: ValidationInfo) -> object:
+        ann = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(v, bool | str | bytes) and int in (get_args(ann) or (ann,)):
+            raise ValueError("must be a JSON integer")
+        return v
 
 
 class _TaskFields(_Strict):
@@ -74,10 +110,16 @@ class _TaskFields(_Strict):
     )
 
 
+# base64 of bytes that start with the PNG signature: its first 10 characters are fixed, the 11th
+# carries 4 of its bits; the rest is well-formed, padded base64. The schema says exactly what
+# the validator below accepts, so a client generated from it sends nothing that is refused.
+PNG_B64_PATTERN = r"^iVBORw0KGg(?:o=|[o-r][A-Za-z0-9+/](?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$"
+
+
 class TaskIn(_TaskFields):
     """A task in a JSON publish request."""
 
-    image_b64: str = Field(..., description="PNG bytes, base64")
+    image_b64: str = Field(..., pattern=PNG_B64_PATTERN, description="PNG bytes, base64 (standard alphabet, padded)")
 
     @field_validator("image_b64")
     @classmethod
@@ -115,7 +157,7 @@ class PublishResponse(BaseModel):
 
 class LeaseRequest(_Strict):
     n: int = Field(1, ge=1, le=100)
-    round: int | None = Field(None, ge=0, le=MAX_ROUND)
+    round: int | None = Field(None, ge=0, le=MAX_ROUND, description="only this round (int32)")
     labeller: str | None = Labeller
 
 
@@ -149,7 +191,9 @@ class LabelIn(_Strict):
     sample_id: str = SampleId
     label: Label
     labeller: str | None = Labeller
-    time_spent_ms: int | None = Field(None, ge=0, le=86_400_000)
+    time_spent_ms: int | None = Field(
+        None, ge=0, le=86_400_000, description="time the labeller looked at the image (at most a day)"
+    )
 
 
 class LabelBatch(_Strict):

@@ -89,7 +89,8 @@ async def post_label(
     responses=error_responses(
         400, 401, 403, 404, 413, 422, 503, e403=_E403, e404="unknown sample: nothing of the batch was stored"
     ),
-    summary="Post labels in one atomic batch (all stored, or none if a sample is unknown).",
+    summary="Post labels in one atomic batch (all stored, or none if a sample is unknown); in order, "
+    "so a labeller's second label on a sample is not stored (`created: false`).",
 )
 async def post_labels(
     batch: LabelBatch,
@@ -101,12 +102,9 @@ async def post_labels(
         raise invalid(
             ("body", "labels"), f"at most {settings.max_batch} labels per batch, got {len(batch.labels)}", "too_long"
         )
+    # A batch is its labels posted one after another in one transaction: a second label by the
+    # same labeller on a sample comes back `created: false` with the first, as a repost would.
     news = [_new(lab, who, store) for lab in batch.labels]
-    seen: set[tuple[str, str]] = set()
-    for i, n in enumerate(news):
-        if (n.sample_id, n.labeller) in seen:
-            raise invalid(("body", "labels", i), "a batch holds one label per sample and labeller")
-        seen.add((n.sample_id, n.labeller))
     results = [LabelResult(**row, created=c) for row, c in await asyncio.wrap_future(store.add_labels_future(news))]
     created = sum(r.created for r in results)
     return LabelBatchResponse(created=created, existing=len(results) - created, results=results)
