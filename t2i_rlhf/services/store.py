@@ -310,20 +310,21 @@ class FeedbackStore(LabellerAccounts):
         )
         return [dict(zip((*_LABEL_KEYS, "gold"), tuple(r), strict=True)) for r in rows]
 
-    def stats(self, k: int, round_: int | None = None) -> dict[str, list[dict[str, Any]]]:
-        """{"rounds": per-round progress, "labellers": per-labeller quality}, from one snapshot
-        (see `store_stats`)."""
+    def stats(self, k: int, round_: int | None = None, rounds: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """{"rounds": per-round progress (unless rounds=False), "labellers": per-labeller quality},
+        from one snapshot (see `store_stats`)."""
+        accounts = {a.name: a for a in self.labellers()}
         conn = self._reader()
         conn.execute("BEGIN")
         try:
-            rounds = round_stats(conn, k, round_)
-            labellers = labeller_stats(conn, round_, [] if round_ is not None else list(self._by_name))
+            per_round = round_stats(conn, k, round_) if rounds else []
+            labellers = labeller_stats(conn, round_, [] if round_ is not None else list(accounts))
         finally:
             conn.execute("COMMIT")
         for s in labellers:
-            account = self._by_name.get(s["labeller"])
+            account = accounts.get(s["labeller"])
             s["registered"], s["active"] = account is not None, account is not None and account.active
-        return {"rounds": rounds, "labellers": labellers}
+        return {"rounds": per_round, "labellers": labellers}
 
     def live_labels(self, labeller: str) -> int:
         """How many live labels `labeller` has (the page's total)."""

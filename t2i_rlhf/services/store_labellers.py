@@ -82,7 +82,9 @@ class LabellerAccounts:
         return name in self._by_name
 
     def labellers(self) -> list[Labeller]:
-        return sorted(self._by_name.values(), key=lambda lab: (lab.created_at, lab.name))
+        with self._ids_lock:  # a copy: another thread may be adding an account
+            accounts = list(self._by_name.values())
+        return sorted(accounts, key=lambda lab: (lab.created_at, lab.name))
 
     def create_labeller(self, name: str, token_sha256: str) -> Labeller:
         """A new account. LabellerConflict if the name is an account already or has labels."""

@@ -155,7 +155,7 @@ def export_labels(
     rows = store.export(start, round, limit)
     cursor = str(rows[-1]["label_id"] if rows else start)
     if rows:
-        quality = {s["labeller"]: s for s in store.stats(1)["labellers"]}  # over all rounds, now
+        quality = {s["labeller"]: s for s in store.stats(1, rounds=False)["labellers"]}  # all rounds, now
         for r in rows:
             q = quality.get(r["labeller"], {})
             r["labeller_gold_accuracy"] = q.get("gold_accuracy")
