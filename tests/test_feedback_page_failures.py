@@ -144,13 +144,13 @@ def test_keys_while_saving_are_kept_and_keys_with_no_image_are_refused(driver, t
             assert page.dataset("refused") == "1" and "key ignored" in page.text("status")
             assert page.dataset("outbox") == "3" and _labels(admin) == []  # nothing acknowledged yet
             assert page.recent() == [(ids[2], "skip", "saving"), (ids[1], "bad", "saving"), (ids[0], "good", "saving")]
-            assert page.text("session") == "3"
+            assert page.text("session") == "3" and "saving 3" in page.text("pending")  # said, not hidden
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         page.until(lambda: page.state() == "idle" and page.dataset("outbox") == "0", "all saved, all done")
         assert _labels(admin) == [(ids[0], "good"), (ids[1], "bad"), (ids[2], "skip")]  # in order; no stray "g"
-        assert [s for _, _, s in page.recent()] == ["saved"] * 3
+        assert [s for _, _, s in page.recent()] == ["saved"] * 3 and page.text("pending") == ""
         assert "All done" in page.text("prompt") and page.no_broken_image()
         admin.publish_tasks(tasks[3:])  # the next round: the page finds it by itself
         page.shown(ids[3])

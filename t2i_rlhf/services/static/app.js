@@ -66,6 +66,8 @@
     $("remaining").textContent = String(remaining);
     $("session").textContent = String(session);
     document.body.dataset.outbox = String(outbox.length);
+    $("pending").hidden = !outbox.length;
+    $("pending").textContent = "· saving " + outbox.length + "…";
   }
 
   // -- images: every leased task's image is fetched and decoded as soon as it is leased ------------
@@ -374,6 +376,10 @@
     if (KEYS[key]) { ev.preventDefault(); label(KEYS[key]); }
     else if (key === "u" || key === "backspace" || key === "z") { ev.preventDefault(); undo(); }
     else if (key === "r") { ev.preventDefault(); retry(); }
+  });
+
+  window.addEventListener("beforeunload", (ev) => {  // labels not yet acknowledged would be lost
+    if (outbox.length) { ev.preventDefault(); ev.returnValue = ""; }
   });
 
   if (token) start(); else showLogin("enter your labelling token");
