@@ -80,6 +80,20 @@ class SimulatedLabellers(_Strict):
     noise: float = Field(0.1, ge=0, le=1, description="Fraction of verdicts flipped.")
 
 
+class LabellerReliability(_Strict):
+    mode: Literal["off", "drop", "weight"] = Field("off", description=(
+        "How a label counts by its labeller's accuracy on the feedback service's gold tasks "
+        "(`t2i_rlhf.services.reliability`): `off`, all alike; `drop`, labels of labellers below "
+        "`min_accuracy` are left out; `weight`, each label weighs 2·accuracy − 1 in its sample's mean (with one "
+        "label per sample that only drops labellers at chance: use `drop`). Needs gold tasks published "
+        "on the service; labellers with fewer than `min_gold` graded gold labels count fully."))
+    min_gold: int = Field(5, ge=1, description=(
+        "Graded (good/bad) gold labels a labeller needs before their accuracy is used."))
+    min_accuracy: float = Field(0.75, ge=0, le=1, description=(
+        "With `drop`: labellers whose smoothed gold accuracy, (correct + 1) / (graded + 2), is below this "
+        "are left out."))
+
+
 class LabellingSection(_Strict):
     url: str | None = Field(None, description="Feedback service URL; null starts one locally for the run.")
     admin_token_env: str = Field("T2I_FEEDBACK_ADMIN_TOKEN", description=(
@@ -98,6 +112,8 @@ class LabellingSection(_Strict):
         "Seconds to wait for labels; then the round goes on with what has arrived."))
     poll_s: float = Field(2.0, gt=0, description="Seconds between checks of the labelling progress.")
     simulate: SimulatedLabellers | None = Field(None, description="Start simulated labellers (demo/CI).")
+    reliability: LabellerReliability = Field(LabellerReliability(), description=(
+        "Weigh or drop labels by their labeller's accuracy on gold tasks, when the loop pulls them."))
 
 
 class EvalSection(_Strict):

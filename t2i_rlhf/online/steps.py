@@ -26,6 +26,7 @@ from t2i_rlhf.model_version import BASE_VERSION
 from t2i_rlhf.online.state import RunState
 from t2i_rlhf.samples import decode_png
 from t2i_rlhf.services.client import FeedbackClient, aggregate_labels
+from t2i_rlhf.services.reliability import labeller_weights
 from t2i_rlhf.shapes.prompts import sample_prompts
 
 log = logging.getLogger(__name__)
@@ -127,21 +128,32 @@ def collect_labels(ctx: LoopContext, round: int) -> dict:
         log.warning("round %d: labelling timed out with %d/%d labelled; going on", round, done, wanted)
     rows, _ = ctx.feedback.export_labels()  # every round's: earlier rounds are re-synced below
     labels = [r for r in rows if r["round"] == round]
-    per_sample = aggregate_labels(labels)
+    weights = reliability_weights(ctx)
+    per_sample = aggregate_labels(labels, weights)
     ray.get(ctx.actors.buffer.attach_labels.remote(per_sample))
     kinds = {k: sum(1 for r in labels if r["label"] == k) for k in ("good", "bad", "skip")}
     return {"labelled_samples": len(per_sample), "labels": len(labels), **kinds,
-            "earlier_rounds_changed": resync_earlier_labels(ctx, round, rows)}
+            "down_weighted_labellers": sorted(n for n, w in weights.items() if w < 1),
+            "earlier_rounds_changed": resync_earlier_labels(ctx, round, rows, weights)}
 
 
-def resync_earlier_labels(ctx: LoopContext, round: int, rows: list[dict]) -> int:
+def reliability_weights(ctx: LoopContext) -> dict[str, float]:
+    """labeller -> weight by accuracy on gold tasks (`labelling.reliability`); {} when off."""
+    rel = ctx.cfg.labelling.reliability
+    if rel.mode == "off":
+        return {}
+    return labeller_weights(ctx.feedback.stats()["labellers"], **rel.model_dump())
+
+
+def resync_earlier_labels(ctx: LoopContext, round: int, rows: list[dict],
+                          weights: dict[str, float] | None = None) -> int:
     """Bring earlier rounds' labels up to date with the service's live labels `rows` (its export):
     a label posted after its round was pulled, or one undone since, would otherwise be
     acknowledged and then ignored. The reward model of this round then trains on every live
     label. Returns the samples whose label changed."""
     if round == 0:
         return 0
-    live = aggregate_labels(r for r in rows if r["round"] < round)
+    live = aggregate_labels((r for r in rows if r["round"] < round), weights)
     buffer = ctx.actors.buffer
     changed: dict[str, tuple[float | None, int]] = {}
     for r in range(round):

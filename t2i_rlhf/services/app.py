@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,10 +24,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from t2i_rlhf.services.errors import ERROR_CODES, field_errors
-from t2i_rlhf.services.routers import labels, stats, tasks
+from t2i_rlhf.services.identity import NotYourLabel
+from t2i_rlhf.services.routers import labellers, labels, stats, tasks
 from t2i_rlhf.services.schemas import PublishRequest
 from t2i_rlhf.services.settings import FeedbackSettings
-from t2i_rlhf.services.store import FeedbackStore, StoreError, UnknownSample
+from t2i_rlhf.services.store import FeedbackStore, LabellerConflict, StoreError, UnknownLabeller, UnknownSample
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = resources.files("t2i_rlhf.services") / "static"
@@ -123,16 +125,30 @@ def _error(status_code: int, error: str, detail: object, headers: dict[str, str]
     return JSONResponse({"error": error, "detail": detail}, status_code=status_code, headers=headers)
 
 
+def _allowed_methods(request: Request) -> str:
+    """The methods of this path, as OpenAPI reads paths: every route of the path (Starlette's 405
+    named the first route's only, and /v1/labels is two: GET, POST), and a concrete path before a
+    templated one (/v1/tasks/next is the lease's, though /v1/tasks/{sample_id} matches it too)."""
+    path = request.scope.get("path", "")
+    hits = [(concrete, methods) for regex, concrete, methods in request.app.state.route_methods if regex.match(path)]
+    if any(concrete for concrete, _ in hits):
+        hits = [h for h in hits if h[0]]
+    return ", ".join(sorted({m for _, methods in hits for m in methods}))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, _BodyTooLarge):  # FastAPI wraps errors raised while parsing the body
             return _error(status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", "request body too large")
         detail: object = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == status.HTTP_422_UNPROCESSABLE_CONTENT:  # keep the declared 422 shape
             detail = [{"loc": [], "msg": detail, "type": "value_error"}]
         name = ERROR_CODES.get(exc.status_code, "error")
-        return _error(exc.status_code, name, detail, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            headers["Allow"] = _allowed_methods(request)
+        return _error(exc.status_code, name, detail, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -144,6 +160,18 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownSample)
     async def unknown_sample(_: Request, exc: UnknownSample) -> JSONResponse:
         return _error(status.HTTP_404_NOT_FOUND, "unknown_sample", str(exc))
+
+    @app.exception_handler(UnknownLabeller)
+    async def unknown_labeller(_: Request, exc: UnknownLabeller) -> JSONResponse:
+        return _error(status.HTTP_404_NOT_FOUND, "unknown_labeller", str(exc))
+
+    @app.exception_handler(LabellerConflict)
+    async def labeller_conflict(_: Request, exc: LabellerConflict) -> JSONResponse:
+        return _error(status.HTTP_409_CONFLICT, "conflict", str(exc))
+
+    @app.exception_handler(NotYourLabel)
+    async def not_yours(_: Request, exc: NotYourLabel) -> JSONResponse:
+        return _error(status.HTTP_403_FORBIDDEN, "forbidden", str(exc))
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:  # not acknowledged: clients retry
@@ -184,8 +212,15 @@ def create_app(settings: FeedbackSettings, store: FeedbackStore | None = None) -
     app.state.settings = settings
     app.state.store = store
     _install_error_handlers(app)
-    for r in (tasks.router, labels.router, stats.router):
+    routers = (tasks.router, labels.router, labellers.router, stats.router)
+    for r in routers:
         app.include_router(r)
+    app.state.route_methods = [  # for the Allow header of a 405
+        (route.path_regex, "{" not in route.path, set(route.methods))
+        for r in routers
+        for route in r.routes
+        if isinstance(route, APIRoute)
+    ]
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -53,7 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="labeller (or admin) token; default T2I_FEEDBACK_TOKEN",
     )
     m.add_argument("--workers", type=int, default=4)
-    m.add_argument("--noise", type=float, default=0.1, help="fraction of verdicts flipped")
+    m.add_argument(
+        "--noise",
+        type=_noise,
+        default=0.1,
+        help="fraction of verdicts flipped; or one per worker, comma-separated (e.g. 0,0,0,0.5: one careless)",
+    )
+    m.add_argument(
+        "--accounts",
+        action="store_true",
+        help="give each worker its own labeller account (created with the admin token from "
+        "T2I_FEEDBACK_ADMIN_TOKEN) instead of sharing --token",
+    )
     m.add_argument("--max-labels", type=int, default=None)
     m.add_argument("--round", type=int, default=None, help="only tasks of this round")
     m.add_argument("--seed", type=int, default=0)
@@ -62,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     m.set_defaults(func=simulate)
+
+
+def _noise(text: str) -> float | list[float]:
+    values = [float(x) for x in text.split(",")]
+    return values[0] if len(values) == 1 else values
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -100,12 +116,17 @@ def serve(args: argparse.Namespace) -> int:
 def simulate(args: argparse.Namespace) -> int:
     from t2i_rlhf.services.simulate import simulate_labellers
 
-    if not args.token:
+    admin = os.environ.get("T2I_FEEDBACK_ADMIN_TOKEN") if args.accounts else None
+    if args.accounts and not admin:
+        raise ValueError("--accounts needs the admin token in T2I_FEEDBACK_ADMIN_TOKEN")
+    if not args.token and not admin:
         raise ValueError("give --token or set T2I_FEEDBACK_TOKEN")
+    workers = len(args.noise) if isinstance(args.noise, list) else args.workers
     result = simulate_labellers(
         args.url,
         args.token,
-        workers=args.workers,
+        admin_token=admin,
+        workers=workers,
         noise=args.noise,
         max_labels=args.max_labels,
         until_idle=not args.follow,

@@ -19,23 +19,33 @@ import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 PARQUET = "application/vnd.apache.parquet"
-_TASK_COLUMNS = ("sample_id", "round", "prompt", "image", "category", "model_version")
+_TASK_COLUMNS = ("sample_id", "round", "prompt", "image", "category", "model_version", "gold")
 
 
-def aggregate_labels(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[float, int]]:
+def aggregate_labels(
+    rows: Iterable[Mapping[str, Any]], weights: Mapping[str, float] | None = None
+) -> dict[str, tuple[float, int]]:
     """Exported rows -> {sample_id: (label, n_labels)} as SAMPLE_SCHEMA defines them: the mean of
     good=1 / bad=0 over labellers, skips excluded (a sample with only skips is absent). A labeller
-    counts once per sample (their latest row, should an undone label have been exported before)."""
+    counts once per sample (their latest row, should an undone label have been exported before).
+
+    Labels on gold tasks are left out: they measure labellers (see /v1/stats), and a gold task is
+    usually not one of the run's samples. `weights` (labeller -> weight >= 0, e.g. from
+    `reliability.labeller_weights`; a missing labeller weighs 1) makes the mean a weighted one;
+    labels of weight 0 are dropped, and n_labels counts the labels that weigh."""
     latest: dict[tuple[str, str], tuple[int, str]] = {}
     for r in rows:
+        if r.get("gold"):
+            continue
         key = (r["sample_id"], r["labeller"])
         if key not in latest or r["label_id"] > latest[key][0]:
             latest[key] = (r["label_id"], r["label"])
-    votes: dict[str, list[int]] = {}
-    for (sample_id, _), (_, label) in latest.items():
-        if label != "skip":
-            votes.setdefault(sample_id, []).append(1 if label == "good" else 0)
-    return {s: (sum(v) / len(v), len(v)) for s, v in votes.items()}
+    votes: dict[str, list[tuple[float, int]]] = {}
+    for (sample_id, labeller), (_, label) in latest.items():
+        w = 1.0 if weights is None else float(weights.get(labeller, 1.0))
+        if label != "skip" and w > 0:
+            votes.setdefault(sample_id, []).append((w, 1 if label == "good" else 0))
+    return {s: (sum(w * y for w, y in v) / sum(w for w, _ in v), len(v)) for s, v in votes.items()}
 
 
 def _segment(sample_id: str) -> str:
@@ -52,7 +62,8 @@ class FeedbackError(RuntimeError):
 
 
 class FeedbackClient:
-    """Client for `/v1`. `labeller` names who labels (defaults to the server's per-token id)."""
+    """Client for `/v1`. `labeller` names who labels: leave it None with a labeller's own token
+    (the server knows its owner); with the shared token it defaults to the server's per-token id."""
 
     def __init__(
         self,
@@ -121,7 +132,8 @@ class FeedbackClient:
 
     def stats(self, round: int | None = None) -> dict[str, Any]:
         """{"labels_per_sample": k, "rounds": [{round, published, labelled, complete, good, bad,
-        skipped, labels, pairs, agreeing_pairs, agreement}, ...]}"""
+        skipped, labels, pairs, agreeing_pairs, agreement, gold_tasks, gold_labels}, ...],
+        "labellers": [{labeller, gold_accuracy, gold_labelled, agreement, ...}, ...]} (admin)."""
         params = {"round": round} if round is not None else {}
         return self._request("GET", "/v1/stats", params=params).json()
 
@@ -129,7 +141,8 @@ class FeedbackClient:
         self, since: str | None = None, round: int | None = None, page_size: int = 10_000
     ) -> tuple[list[dict[str, Any]], str]:
         """All live labels after cursor `since` -> (rows, next_cursor). Rows: label_id, sample_id,
-        round, labeller, label (good|bad|skip), time_spent_ms, created_at."""
+        round, labeller, via, label (good|bad|skip), time_spent_ms, created_at, gold (a gold task's
+        answer, else None), labeller_gold_accuracy, labeller_gold_labelled, labeller_agreement."""
         rows: list[dict[str, Any]] = []
         cursor = since
         while True:
@@ -157,7 +170,26 @@ class FeedbackClient:
         resp = self._request("GET", "/v1/labels", params=params)
         return pq.read_table(io.BytesIO(resp.content)), resp.headers["X-Next-Cursor"]
 
+    def create_labeller(self, name: str) -> dict[str, Any]:
+        """A labeller account -> {name, token, created_at, ...}; the token is shown only here."""
+        return self._request("POST", "/v1/labellers", json={"name": name}).json()
+
+    def labellers(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/labellers").json()["labellers"]
+
+    def rotate_token(self, name: str) -> dict[str, Any]:
+        """A new token for the account (the old one stops working) -> {name, token, ...}."""
+        return self._request("POST", f"/v1/labellers/{_segment(name)}/token").json()
+
+    def revoke_labeller(self, name: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/labellers/{_segment(name)}/revoke").json()
+
     # -- labeller side -----------------------------------------------------------------------
+    def me(self) -> dict[str, Any]:
+        """{"labeller", "token": admin|shared|labeller, "labels"}: who this client labels as."""
+        params = {"labeller": self.labeller} if self.labeller else {}
+        return self._request("GET", "/v1/me", params=params).json()
+
     def next_tasks(self, n: int = 1, round: int | None = None) -> dict[str, Any]:
         """Lease up to n tasks: {"labeller", "tasks": [{sample_id, round, prompt, image_url, ...}],
         "done", "remaining"}."""

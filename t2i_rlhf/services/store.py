@@ -1,12 +1,17 @@
-"""The feedback store: tasks, images, leases and labels in SQLite (WAL mode).
+"""The feedback store: tasks, images, leases, labels and labellers in SQLite (WAL mode).
 
 Every write goes through one writer thread that commits whatever requests are waiting in a single
 transaction (`groupcommit`): with `synchronous=FULL` each commit fsyncs the WAL, so a caller is
 answered only once its write is on disk, and concurrent callers share the fsync instead of
 queueing behind one each. Reads use per-thread connections; WAL lets them run beside the writer.
 
-This module is the only place that knows SQL: another database can replace it by providing the
-same public methods.
+This module and its helpers (`store_schema`: tables and migrations; `store_stats`: aggregate
+queries; `store_labellers`: accounts) are the only places that know SQL: another database can replace them by
+providing the same public methods.
+
+Labeller accounts (`store_labellers`) are mirrored in memory so that authenticating a request
+costs no query; this process is the file's only writer (one replica), so the mirror is changed
+only by this store, after the commit that changed the table.
 """
 
 from __future__ import annotations
@@ -22,45 +27,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from t2i_rlhf.services.groupcommit import GroupCommitWriter, StoreError
+from t2i_rlhf.services.store_labellers import Labeller, LabellerAccounts, LabellerConflict, UnknownLabeller
+from t2i_rlhf.services.store_schema import migrate
+from t2i_rlhf.services.store_stats import labeller_stats, round_stats
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-__all__ = ["LABELS", "FeedbackStore", "NewLabel", "StoreError", "UnknownSample"]
+__all__ = [
+    "LABELS",
+    "FeedbackStore",
+    "Labeller",
+    "LabellerConflict",
+    "NewLabel",
+    "StoreError",
+    "UnknownLabeller",
+    "UnknownSample",
+]
 LABELS = ("good", "bad", "skip")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    sample_id TEXT NOT NULL UNIQUE,
-    round INTEGER NOT NULL,
-    prompt TEXT NOT NULL,
-    category TEXT,
-    model_version TEXT,
-    votes INTEGER NOT NULL DEFAULT 0,  -- active good/bad labels, kept in step with `labels`
-    published_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_open ON tasks (votes, seq);
-CREATE INDEX IF NOT EXISTS tasks_round ON tasks (round);
-CREATE TABLE IF NOT EXISTS images (sample_id TEXT PRIMARY KEY, png BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (
-    sample_id TEXT NOT NULL, labeller TEXT NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (sample_id, labeller)
-);
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the export cursor: ids are assigned in commit order
-    sample_id TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    labeller TEXT NOT NULL,
-    label TEXT NOT NULL CHECK (label IN ('good', 'bad', 'skip')),
-    time_spent_ms INTEGER,
-    created_at REAL NOT NULL,
-    retracted_at REAL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS labels_once ON labels (sample_id, labeller) WHERE retracted_at IS NULL;
-CREATE INDEX IF NOT EXISTS labels_round ON labels (round, id);
-"""
-
-_LABEL_COLS = "id, sample_id, round, labeller, label, time_spent_ms, created_at"
+_LABEL_KEYS = ("label_id", "sample_id", "round", "labeller", "via", "label", "time_spent_ms", "created_at")
+_LABEL_COLS = "id, sample_id, round, labeller, via, label, time_spent_ms, created_at"
 
 
 class UnknownSample(LookupError):
@@ -77,19 +63,14 @@ class NewLabel:
     label: str
     labeller: str
     time_spent_ms: int | None = None
+    via: str = "unrecorded"  # the kind of token that posted it: labeller_token, shared_token, admin_token
 
 
 def _label_dict(row: sqlite3.Row) -> dict[str, Any]:
-    return dict(
-        zip(
-            ("label_id", "sample_id", "round", "labeller", "label", "time_spent_ms", "created_at"),
-            tuple(row),
-            strict=True,
-        )
-    )
+    return dict(zip(_LABEL_KEYS, tuple(row), strict=True))
 
 
-class FeedbackStore:
+class FeedbackStore(LabellerAccounts):
     """Durable store for the feedback service. Thread-safe; write methods return after commit."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
@@ -100,7 +81,8 @@ class FeedbackStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         wconn = self._connect()
-        wconn.executescript(_SCHEMA)
+        migrate(wconn)
+        self._load_labellers(wconn)
         self._writer = GroupCommitWriter(wconn, name="feedback-store-writer")
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -139,8 +121,9 @@ class FeedbackStore:
 
     # -- tasks ------------------------------------------------------------------------------
     def publish(self, tasks: list[dict[str, Any]]) -> tuple[int, int]:
-        """Insert tasks (sample_id, round, prompt, image, optional category/model_version).
-        Re-publishing a known sample id is a no-op, so the loop may retry. -> (new, existing)."""
+        """Insert tasks (sample_id, round, prompt, image, optional category/model_version, and
+        gold: the known answer of a gold task). Re-publishing a known sample id is a no-op (its
+        gold answer too), so the loop may retry. -> (new, existing)."""
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -148,13 +131,14 @@ class FeedbackStore:
             for t in tasks:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO tasks (sample_id, round, prompt, category, model_version, "
-                    "published_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "gold, published_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         t["sample_id"],
                         int(t["round"]),
                         t["prompt"],
                         t.get("category"),
                         t.get("model_version"),
+                        t.get("gold"),
                         now,
                     ),
                 )
@@ -169,7 +153,7 @@ class FeedbackStore:
         row = (
             self._reader()
             .execute(
-                "SELECT sample_id, round, prompt, category, model_version, votes, published_at FROM tasks "
+                "SELECT sample_id, round, prompt, category, model_version, votes, gold, published_at FROM tasks "
                 "WHERE sample_id = ?",
                 (sample_id,),
             )
@@ -187,14 +171,16 @@ class FeedbackStore:
 
     def lease(self, labeller: str, n: int, k: int, lease_seconds: float, round_: int | None = None) -> dict[str, Any]:
         """Reserve up to `n` tasks for `labeller`: ones it has not labelled, whose good/bad labels
-        plus other labellers' live leases are fewer than `k`. Its own live leases come back first
-        (a reloaded page gets the same images). Runs in the writer, so two callers never race."""
+        plus other labellers' live leases are fewer than `k` — or gold tasks, which every
+        labeller gets once (each is a measurement of the labeller, so the cap does not apply).
+        Its own live leases come back first (a reloaded page gets the same images). Runs in the
+        writer, so two callers never race."""
 
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
             now = time.time()
             conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
             open_sql = (
-                "FROM tasks t WHERE t.votes < :k AND (:round IS NULL OR t.round = :round) "
+                "FROM tasks t WHERE (t.gold IS NOT NULL OR t.votes < :k) AND (:round IS NULL OR t.round = :round) "
                 "AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.sample_id = t.sample_id "
                 "  AND l.labeller = :who AND l.retracted_at IS NULL)"
             )
@@ -204,8 +190,8 @@ class FeedbackStore:
                 "  EXISTS (SELECT 1 FROM leases s WHERE s.sample_id = t.sample_id "
                 "    AND s.labeller = :who) AS mine "
                 + open_sql
-                + " AND t.votes + (SELECT count(*) FROM leases s WHERE s.sample_id = t.sample_id "
-                "  AND s.labeller != :who) < :k ORDER BY mine DESC, t.seq LIMIT :n",
+                + " AND (t.gold IS NOT NULL OR t.votes + (SELECT count(*) FROM leases s "
+                "  WHERE s.sample_id = t.sample_id AND s.labeller != :who) < :k) ORDER BY mine DESC, t.seq LIMIT :n",
                 args,
             ).fetchall()
             expires = now + lease_seconds
@@ -264,9 +250,9 @@ class FeedbackStore:
                     out.append((_label_dict(row), False))
                     continue
                 cur = conn.execute(
-                    "INSERT INTO labels (sample_id, round, labeller, label, time_spent_ms, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (lab.sample_id, rounds[lab.sample_id], lab.labeller, lab.label, lab.time_spent_ms, now),
+                    "INSERT INTO labels (sample_id, round, labeller, via, label, time_spent_ms, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (lab.sample_id, rounds[lab.sample_id], lab.labeller, lab.via, lab.label, lab.time_spent_ms, now),
                 )
                 if lab.label != "skip":
                     conn.execute("UPDATE tasks SET votes = votes + 1 WHERE sample_id = ?", (lab.sample_id,))
@@ -278,6 +264,7 @@ class FeedbackStore:
                             "sample_id": lab.sample_id,
                             "round": rounds[lab.sample_id],
                             "labeller": lab.labeller,
+                            "via": lab.via,
                             "label": lab.label,
                             "time_spent_ms": lab.time_spent_ms,
                             "created_at": now,
@@ -308,58 +295,38 @@ class FeedbackStore:
         return self._write(op)
 
     def export(self, since: int = 0, round_: int | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
-        """Live labels with id > since, oldest first. Ids grow in commit order, so the last id
-        returned is a cursor that never skips a label committed later."""
+        """Live labels with id > since, oldest first, each with its task's gold answer (null for
+        ordinary tasks). Ids grow in commit order, so the last id returned is a cursor that never
+        skips a label committed later."""
+        cols = ", ".join("l." + c for c in _LABEL_COLS.split(", "))
         rows = (
             self._reader()
             .execute(
-                f"SELECT {_LABEL_COLS} FROM labels WHERE id > ? AND retracted_at IS NULL "
-                "AND (? IS NULL OR round = ?) ORDER BY id LIMIT ?",
+                f"SELECT {cols}, t.gold FROM labels l JOIN tasks t ON t.sample_id = l.sample_id "
+                "WHERE l.id > ? AND l.retracted_at IS NULL AND (? IS NULL OR l.round = ?) ORDER BY l.id LIMIT ?",
                 (since, round_, round_, limit),
             )
             .fetchall()
         )
-        return [_label_dict(r) for r in rows]
+        return [dict(zip((*_LABEL_KEYS, "gold"), tuple(r), strict=True)) for r in rows]
 
-    def stats(self, k: int, round_: int | None = None) -> list[dict[str, Any]]:
-        """Per round: published, labelled (>=1 good/bad), complete (>=k), label counts, and
-        pairwise agreement between labellers on samples with several good/bad labels."""
+    def stats(self, k: int, round_: int | None = None, rounds: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """{"rounds": per-round progress (unless rounds=False), "labellers": per-labeller quality},
+        from one snapshot (see `store_stats`)."""
+        accounts = {a.name: a for a in self.labellers()}
         conn = self._reader()
-        conn.execute("BEGIN")  # one snapshot for all three queries
+        conn.execute("BEGIN")
         try:
-            where, args = ("WHERE round = ?", (round_,)) if round_ is not None else ("", ())
-            per: dict[int, dict[str, Any]] = {}
-            for r in conn.execute(
-                f"SELECT round, count(*), sum(votes > 0), sum(votes >= ?) FROM tasks {where} GROUP BY round",
-                (k, *args),
-            ):
-                per[r[0]] = {
-                    "round": r[0],
-                    "published": r[1],
-                    "labelled": r[2],
-                    "complete": r[3],
-                    "good": 0,
-                    "bad": 0,
-                    "skipped": 0,
-                    "agreeing_pairs": 0,
-                    "pairs": 0,
-                }
-            lw = "WHERE retracted_at IS NULL" + (" AND round = ?" if round_ is not None else "")
-            for r in conn.execute(f"SELECT round, label, count(*) FROM labels {lw} GROUP BY round, label", args):
-                if r[0] in per:
-                    per[r[0]]["skipped" if r[1] == "skip" else r[1]] = r[2]
-            for r in conn.execute(
-                f"SELECT round, sum(label = 'good'), sum(label = 'bad') FROM labels {lw} AND label != 'skip' "
-                "GROUP BY round, sample_id HAVING count(*) >= 2",
-                args,
-            ):
-                g, b = r[1], r[2]
-                if r[0] in per:
-                    per[r[0]]["agreeing_pairs"] += g * (g - 1) // 2 + b * (b - 1) // 2
-                    per[r[0]]["pairs"] += (g + b) * (g + b - 1) // 2
+            per_round = round_stats(conn, k, round_) if rounds else []
+            labellers = labeller_stats(conn, round_, [] if round_ is not None else list(accounts))
         finally:
             conn.execute("COMMIT")
-        for s in per.values():
-            s["labels"] = s["good"] + s["bad"] + s["skipped"]
-            s["agreement"] = s["agreeing_pairs"] / s["pairs"] if s["pairs"] else None
-        return [per[r] for r in sorted(per)]
+        for s in labellers:
+            account = accounts.get(s["labeller"])
+            s["registered"], s["active"] = account is not None, account is not None and account.active
+        return {"rounds": per_round, "labellers": labellers}
+
+    def live_labels(self, labeller: str) -> int:
+        """How many live labels `labeller` has (the page's total)."""
+        q = "SELECT count(*) FROM labels WHERE labeller = ? AND retracted_at IS NULL"
+        return self._reader().execute(q, (labeller,)).fetchone()[0]

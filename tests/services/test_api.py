@@ -122,8 +122,11 @@ def test_publish_json_is_idempotent(client: TestClient) -> None:
     body["tasks"].append(_json_task(TASKS[3]))
     r = client.post("/v1/tasks", json=body, headers=A)
     assert r.status_code == 201 and r.json() == {"published": 1, "existing": 3}
-    task = client.get(f"/v1/tasks/{IDS[0]}", headers=L).json()
+    task = client.get(f"/v1/tasks/{IDS[0]}", headers=A).json()
     assert task["prompt"] == TASKS[0]["prompt"] and task["round"] == 0 and task["votes"] == 0
+    assert task["gold"] is None
+    as_labeller = client.get(f"/v1/tasks/{IDS[0]}", headers=L).json()
+    assert as_labeller == {**task, "votes": None}  # vote counts are the admin's: they would betray gold tasks
 
 
 def test_publish_parquet_with_sample_schema_columns(client: TestClient) -> None:
@@ -171,11 +174,12 @@ def test_publish_other_bad_requests(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"] == "malformed_json"
     r = client.post("/v1/tasks", content=b"tasks", headers={**A, "Content-Type": "text/plain"})
     assert r.status_code == 415
-    dup = _json_task(TASKS[0])
-    r = client.post("/v1/tasks", json={"tasks": [dup, dup]}, headers=A)
-    assert r.status_code == 422 and "duplicate" in r.json()["detail"][0]["msg"]
-    assert r.json()["detail"][0]["loc"] == ["body", "tasks", 1, "sample_id"]
     assert client.get("/v1/stats", headers=A).json()["rounds"] == []  # nothing stored by the failures
+    # an id twice in one request is what it is across requests: the first is stored, the second is existing
+    dup = _json_task(TASKS[0])
+    r = client.post("/v1/tasks", json={"tasks": [dup, {**dup, "prompt": "another prompt"}]}, headers=A)
+    assert r.status_code == 201 and r.json() == {"published": 1, "existing": 1}
+    assert client.get(f"/v1/tasks/{IDS[0]}", headers=A).json()["prompt"] == TASKS[0]["prompt"]
 
 
 def test_task_and_image_unknown_sample_is_404(published: TestClient) -> None:
@@ -301,8 +305,14 @@ def test_batch_labels_atomic_and_idempotent(tmp_path: Path) -> None:
         assert len(c.get("/v1/labels", headers=A).json()["labels"]) == 4  # IDS[4] was not stored either
         assert c.post("/v1/labels/batch", json={"labels": []}, headers=L).status_code == 422
         assert c.post("/v1/labels/batch", json={"labels": batch * 2}, headers=L).status_code == 422  # > max
-        r = c.post("/v1/labels/batch", json={"labels": [batch[0], batch[0]]}, headers=L)
-        assert r.status_code == 422 and "one label per sample" in r.json()["detail"][0]["msg"]
+        # in order, as if posted one by one: a second label on a sample is not stored, the first comes back
+        twice = [
+            {"sample_id": IDS[5], "label": "good", "labeller": "bob"},
+            {"sample_id": IDS[5], "label": "bad", "labeller": "bob"},
+        ]
+        r = c.post("/v1/labels/batch", json={"labels": twice}, headers=L)
+        assert r.status_code == 200 and (r.json()["created"], r.json()["existing"]) == (1, 1)
+        assert [(x["label"], x["created"]) for x in r.json()["results"]] == [("good", True), ("good", False)]
         assert c.post("/v1/labels/batch", json={"labels": [{"sample_id": IDS[5]}]}, headers=L).status_code == 422
 
 
@@ -351,7 +361,8 @@ def test_stats_counts_and_agreement(tmp_path: Path) -> None:
             label(c, IDS[1], v, who)
         label(c, IDS[2], "good", "a")
         label(c, IDS[6], "skip", "a")
-        s = c.get("/v1/stats", headers=L).json()
+        assert c.get("/v1/stats", headers=L).status_code == 403  # it names labellers and their gold accuracy
+        s = c.get("/v1/stats", headers=A).json()
         assert s["labels_per_sample"] == 3
         r0, r1 = s["rounds"]
         assert (r0["round"], r0["published"], r0["labelled"], r0["complete"]) == (0, 6, 3, 1)
@@ -359,9 +370,9 @@ def test_stats_counts_and_agreement(tmp_path: Path) -> None:
         # sample 0: pairs ab agree, ac/bc disagree; sample 1: one agreeing pair (the skip is not a vote)
         assert (r0["pairs"], r0["agreeing_pairs"]) == (4, 2) and r0["agreement"] == pytest.approx(0.5)
         assert (r1["published"], r1["labelled"], r1["skipped"], r1["agreement"]) == (2, 0, 1, None)
-        only1 = c.get("/v1/stats?round=1", headers=L).json()["rounds"]
+        only1 = c.get("/v1/stats?round=1", headers=A).json()["rounds"]
         assert only1 == [r1]
-        assert c.get("/v1/stats?round=-1", headers=L).status_code == 422
+        assert c.get("/v1/stats?round=-1", headers=A).status_code == 422
 
 
 # -- limits and settings ----------------------------------------------------------------------------
@@ -384,10 +395,15 @@ def test_settings_from_env() -> None:
         "T2I_FEEDBACK_DB_PATH": "/tmp/x.db",
     }
     s = FeedbackSettings.from_env(env, lease_seconds=9.0, max_batch=None)
-    assert s.labeller_tokens == ["b" * 8, "c" * 9] and s.labels_per_sample == 2 and s.lease_seconds == 9.0
+    assert s.shared_labeller_tokens == ["b" * 8, "c" * 9] and s.labels_per_sample == 2 and s.lease_seconds == 9.0
     assert str(s.db_path) == "/tmp/x.db" and s.synchronous == "FULL" and s.max_batch == 1000
     with pytest.raises(ValueError, match="at least 8"):
         FeedbackSettings.from_env(env, labeller_tokens=["short"])
+    # the new name wins over the old one, in the environment and as an argument
+    new = FeedbackSettings.from_env({**env, "T2I_FEEDBACK_SHARED_LABELLER_TOKENS": "d" * 8})
+    assert new.shared_labeller_tokens == ["d" * 8]
+    assert FeedbackSettings(admin_token="a" * 8, labeller_tokens=["e" * 8]).shared_labeller_tokens == ["e" * 8]
+    assert FeedbackSettings.from_env(env, shared_labeller_tokens=["f" * 8]).shared_labeller_tokens == ["f" * 8]
     with pytest.raises(ValueError):
         FeedbackSettings.from_env({})  # no admin token
 

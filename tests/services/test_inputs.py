@@ -59,7 +59,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def _nothing_stored(c: TestClient) -> bool:
-    return c.get("/v1/stats", headers=L).json()["rounds"] == []
+    return c.get("/v1/stats", headers=A).json()["rounds"] == []
 
 
 def _is_validation_error(r: Any) -> bool:
@@ -80,7 +80,7 @@ BIG = [2**63, 2**64 + 7, -(2**63) - 1, MAX_ROUND + 1]
 @pytest.mark.parametrize("value", BIG)
 def test_huge_integers_are_422_everywhere(client: TestClient, value: int) -> None:
     requests = [
-        ("GET", f"/v1/stats?round={value}", L, None, None),
+        ("GET", f"/v1/stats?round={value}", A, None, None),
         ("GET", f"/v1/labels?round={value}", A, None, None),
         ("GET", f"/v1/labels?round={value}&format=parquet", A, None, None),
         ("GET", f"/v1/labels?limit={value}", A, None, None),
@@ -117,7 +117,7 @@ def test_the_largest_round_goes_all_the_way_through(client: TestClient) -> None:
     """MAX_ROUND is accepted everywhere, and the int32 Parquet export holds it."""
     r = client.post("/v1/tasks", json={"tasks": [_json(_task("last", round=MAX_ROUND))]}, headers=A)
     assert r.status_code == 201, r.text
-    assert client.get(f"/v1/stats?round={MAX_ROUND}", headers=L).json()["rounds"][0]["published"] == 1
+    assert client.get(f"/v1/stats?round={MAX_ROUND}", headers=A).json()["rounds"][0]["published"] == 1
     leased = client.post("/v1/tasks/next", json={"round": MAX_ROUND}, headers=L).json()["tasks"]
     assert [t["round"] for t in leased] == [MAX_ROUND]
     assert client.post("/v1/labels", json={"sample_id": "last", "label": "good"}, headers=L).status_code == 201
@@ -132,7 +132,7 @@ def test_an_unexpected_error_is_a_json_500(client: TestClient, monkeypatch: pyte
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(client.app.state.store, "stats", boom)
-    r = client.get("/v1/stats", headers=L)  # TestClient would raise had the exception escaped the app
+    r = client.get("/v1/stats", headers=A)  # TestClient would raise had the exception escaped the app
     assert r.status_code == 500 and r.json()["error"] == "internal_error" and "a bug" not in r.text
     assert client.get("/v1/health").status_code == 200
 
@@ -227,23 +227,29 @@ def test_parquet_columns_and_rows_follow_the_json_rules(client: TestClient) -> N
     nulls = pa.Table.from_pylist([_task("n0"), {**_task("n1"), "sample_id": None}])
     r = client.post("/v1/tasks", content=_parquet(nulls), headers=PARQUET)
     assert _is_validation_error(r) and r.json()["detail"][0]["loc"] == ["body", 1, "sample_id"]
-    dup = client.post("/v1/tasks", content=_parquet([_task("d"), _task("d")]), headers=PARQUET)
-    assert _is_validation_error(dup) and dup.json()["detail"][0]["loc"] == ["body", 1, "sample_id"]
     assert _nothing_stored(client)
     assert client.post("/v1/tasks", content=_parquet(good), headers=PARQUET).json() == {"published": 2, "existing": 0}
+    dup = client.post("/v1/tasks", content=_parquet([_task("d"), _task("d")]), headers=PARQUET)
+    assert dup.json() == {"published": 1, "existing": 1}  # as in JSON: the first of an id is stored
 
 
 # -- 2. the OpenAPI schema describes the API ------------------------------------------------------------
 OPERATIONS: dict[tuple[str, str], set[int]] = {  # every error each route can answer
     ("post", "/v1/tasks"): {400, 401, 403, 413, 415, 422, 503},
-    ("post", "/v1/tasks/next"): {400, 401, 413, 422, 503},
+    ("post", "/v1/tasks/next"): {400, 401, 403, 413, 422, 503},
     ("get", "/v1/tasks/{sample_id}"): {401, 404, 422},
     ("get", "/v1/tasks/{sample_id}/image"): {401, 404, 422},
-    ("post", "/v1/labels"): {400, 401, 404, 413, 422, 503},
-    ("post", "/v1/labels/batch"): {400, 401, 404, 413, 422, 503},
-    ("delete", "/v1/labels/{sample_id}"): {401, 404, 422, 503},
+    ("post", "/v1/labels"): {400, 401, 403, 404, 413, 422, 503},
+    ("post", "/v1/labels/batch"): {400, 401, 403, 404, 413, 422, 503},
+    ("delete", "/v1/labels/{sample_id}"): {401, 403, 404, 422, 503},
     ("get", "/v1/labels"): {401, 403, 422},
-    ("get", "/v1/stats"): {401, 422},
+    ("get", "/v1/stats"): {401, 403, 422},
+    ("post", "/v1/labellers"): {400, 401, 403, 409, 413, 422, 503},
+    ("get", "/v1/labellers"): {401, 403},
+    ("post", "/v1/labellers/{name}/token"): {401, 403, 404, 409, 422, 503},
+    ("post", "/v1/labellers/{name}/revoke"): {401, 403, 404, 422, 503},
+    ("delete", "/v1/labellers/{name}"): {401, 403, 404, 422, 503},
+    ("get", "/v1/me"): {401, 403, 422},
     ("get", "/v1/health"): {503},
 }
 REF = "#/components/schemas/"
@@ -325,7 +331,19 @@ def test_error_answers_match_the_declared_schemas(client: TestClient) -> None:
         ("delete", "/v1/labels/{sample_id}", "/v1/labels/s0?labeller=has%20space", {"headers": L}),
         ("get", "/v1/labels", "/v1/labels", {"headers": L}),
         ("get", "/v1/labels", "/v1/labels?format=csv", {"headers": A}),
-        ("get", "/v1/stats", "/v1/stats?round=-1", {"headers": L}),
+        ("get", "/v1/stats", "/v1/stats?round=-1", {"headers": A}),
+        ("get", "/v1/stats", "/v1/stats", {"headers": L}),
+        ("post", "/v1/labellers", "/v1/labellers", {"json": {"name": "ann"}, "headers": A}),
+        ("post", "/v1/labellers", "/v1/labellers", {"json": {"name": "ann"}, "headers": A}),  # 409: taken
+        ("post", "/v1/labellers", "/v1/labellers", {"json": {"name": "token-x"}, "headers": A}),
+        ("post", "/v1/labellers/{name}/revoke", "/v1/labellers/nobody/revoke", {"headers": A}),
+        (
+            "post",
+            "/v1/labels",
+            "/v1/labels",
+            {"json": {"sample_id": "s0", "label": "good", "labeller": "ann"}, "headers": L},
+        ),  # 403: ann is an account
+        ("get", "/v1/me", "/v1/me?labeller=ann", {"headers": L}),
     ]
     seen: set[int] = set()
     for method, template, url, kw in requests:
@@ -342,4 +360,4 @@ def test_error_answers_match_the_declared_schemas(client: TestClient) -> None:
     r = client.post("/v1/labels", json={"sample_id": "s1", "label": "good"}, headers=L)
     schema = doc["paths"]["/v1/labels"]["post"]["responses"]["503"]["content"]["application/json"]["schema"]
     jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(r.json())
-    assert {400, 401, 403, 404, 413, 415, 422} <= seen and r.status_code == 503
+    assert {400, 401, 403, 404, 409, 413, 415, 422} <= seen and r.status_code == 503

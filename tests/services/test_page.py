@@ -56,6 +56,7 @@ def driver() -> Iterator:
 
 
 def test_label_three_images_by_keyboard(driver, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -64,7 +65,7 @@ def test_label_three_images_by_keyboard(driver, tmp_path: Path) -> None:
     with live_server(settings) as url, FeedbackClient(url, ADMIN) as admin:
         admin.publish_tasks(tasks)
         driver.get(f"{url}/?token={LAB}&labeller=alice")
-        wait = WebDriverWait(driver, 20)
+        wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))  # #image is swapped
         body = driver.find_element(By.TAG_NAME, "body")
 
         def shown(sample_id: str) -> None:
@@ -96,7 +97,9 @@ def test_label_three_images_by_keyboard(driver, tmp_path: Path) -> None:
         body.send_keys("s")
         shown(ids[2])
         body.send_keys("b")
-        wait.until(lambda d: body.get_attribute("data-state") == "idle")
+        # all done on screen, and every label acknowledged (the page shows the next image before
+        # the service has answered for the last one)
+        wait.until(lambda d: body.get_attribute("data-state") == "idle" and body.get_attribute("data-outbox") == "0")
         assert "All done" in driver.find_element(By.ID, "prompt").text
         assert driver.find_element(By.ID, "done").text == "3"
         assert driver.find_element(By.ID, "remaining").text == "0"

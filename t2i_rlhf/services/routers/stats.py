@@ -1,12 +1,15 @@
-"""Stats per round (any valid token) and health (no token: for load balancers and Serve)."""
+"""Stats per round and per labeller (admin) and health (no token: for load balancers and Serve).
+
+Stats are the admin's: they name every labeller with their accuracy on gold tasks, and a
+labeller watching counts change after each label could tell gold tasks from the others."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, status
 
-from t2i_rlhf.services.deps import Principal, get_settings, get_store, require_labeller
+from t2i_rlhf.services.deps import Principal, get_settings, get_store, require_admin
 from t2i_rlhf.services.errors import error_responses
-from t2i_rlhf.services.schemas import Health, RoundQuery, RoundStats, StatsResponse
+from t2i_rlhf.services.schemas import Health, LabellerStats, RoundQuery, RoundStats, StatsResponse
 from t2i_rlhf.services.settings import FeedbackSettings
 from t2i_rlhf.services.store import FeedbackStore
 
@@ -16,17 +19,21 @@ router = APIRouter(prefix="/v1", tags=["stats"])
 @router.get(
     "/stats",
     response_model=StatsResponse,
-    responses=error_responses(401, 422),
-    summary="Published / labelled / skipped / agreement per round.",
+    responses=error_responses(401, 403, 422),
+    summary="Per round: published / labelled / skipped / agreement; per labeller: gold accuracy, agreement (admin).",
 )
 def stats(
     round: int | None = RoundQuery,
-    _: Principal = Depends(require_labeller),
+    _: Principal = Depends(require_admin),
     store: FeedbackStore = Depends(get_store),
     settings: FeedbackSettings = Depends(get_settings),
 ) -> StatsResponse:
-    rounds = store.stats(settings.labels_per_sample, round)
-    return StatsResponse(labels_per_sample=settings.labels_per_sample, rounds=[RoundStats(**r) for r in rounds])
+    got = store.stats(settings.labels_per_sample, round)
+    return StatsResponse(
+        labels_per_sample=settings.labels_per_sample,
+        rounds=[RoundStats(**r) for r in got["rounds"]],
+        labellers=[LabellerStats(**s) for s in got["labellers"]],
+    )
 
 
 @router.get(

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from t2i_rlhf.services.deps import Principal, get_settings, get_store, require_admin, require_labeller
+from t2i_rlhf.services.deps import Principal, acting_as, get_settings, get_store, require_admin, require_labeller
 from t2i_rlhf.services.errors import error_responses, field_errors, invalid
 from t2i_rlhf.services.schemas import (
     LeaseRequest,
@@ -30,7 +30,7 @@ from t2i_rlhf.services.store import FeedbackStore
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 PARQUET = "application/vnd.apache.parquet"
-_COLUMNS = ("sample_id", "round", "prompt", "image", "category", "model_version")
+_COLUMNS = ("sample_id", "round", "prompt", "image", "category", "model_version", "gold")
 _REQUIRED = ("sample_id", "round", "prompt", "image")
 _MAX_ROW_ERRORS = 20  # a bad 100k-row file is refused with the first few problems, not all of them
 
@@ -65,8 +65,8 @@ def _from_parquet(body: bytes) -> list[dict[str, Any]]:
     if bad:
         raise invalid(
             ("body", bad[0]),
-            f"column {bad[0]} has type {table.schema.field(bad[0]).type}; sample_id, prompt, category and "
-            "model_version must be strings, round an integer, image binary",
+            f"column {bad[0]} has type {table.schema.field(bad[0]).type}; sample_id, prompt, category, "
+            "model_version and gold must be strings, round an integer, image binary",
             "column_type",
         )
     if table.num_rows == 0:
@@ -108,8 +108,8 @@ def _from_json(body: bytes) -> list[dict[str, Any]]:
                     "schema": {
                         "type": "string",
                         "format": "binary",
-                        "description": "columns sample_id, round, prompt, image (+category, model_version), "
-                        "each row held to the TaskIn rules (image: PNG bytes, not base64)",
+                        "description": "columns sample_id, round, prompt, image (+category, model_version, "
+                        "gold), each row held to the TaskIn rules (image: PNG bytes, not base64)",
                     }
                 },
             },
@@ -124,16 +124,13 @@ async def publish(
     body = await request.body()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == PARQUET:
-        tasks, where = _from_parquet(body), ("body",)
+        tasks = _from_parquet(body)
     elif ctype in ("application/json", ""):
-        tasks, where = _from_json(body), ("body", "tasks")
+        tasks = _from_json(body)
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"send application/json or {PARQUET}")
-    seen: set[str] = set()
-    for i, t in enumerate(tasks):
-        if t["sample_id"] in seen:
-            raise invalid((*where, i, "sample_id"), f"duplicate sample_id within the request: {t['sample_id']!r}")
-        seen.add(t["sample_id"])
+    # a sample id twice in one request is what it is across requests: the first one is stored,
+    # the second counts as existing (the schema cannot forbid it, so neither does the service)
     new, existing = await run_in_threadpool(store.publish, tasks)
     return PublishResponse(published=new, existing=existing)
 
@@ -141,8 +138,11 @@ async def publish(
 @router.post(
     "/next",
     response_model=LeaseResponse,
-    responses=error_responses(400, 401, 413, 422, 503),
-    summary="Lease the next tasks to label; they stay reserved for lease_seconds.",
+    responses=error_responses(
+        400, 401, 403, 413, 422, 503, e403="the token may not act as the labeller named (another's account)"
+    ),
+    summary="Lease the next tasks to label; they stay reserved for lease_seconds. Gold tasks are among "
+    "them, looking like any other.",
 )
 def next_tasks(
     req: LeaseRequest,
@@ -151,7 +151,7 @@ def next_tasks(
     store: FeedbackStore = Depends(get_store),
     settings: FeedbackSettings = Depends(get_settings),
 ) -> LeaseResponse:
-    labeller = req.labeller or who.default_labeller
+    labeller = acting_as(who, req.labeller, store.is_registered)
     got = store.lease(labeller, req.n, settings.labels_per_sample, settings.lease_seconds, req.round)
     for t in got["tasks"]:
         t["image_url"] = image_url(request, t["sample_id"])
@@ -169,14 +169,17 @@ def image_url(request: Request, sample_id: str) -> str:
     "/{sample_id}",
     response_model=TaskOut,
     responses=error_responses(401, 404, 422, e404="unknown sample"),
-    summary="One task's metadata.",
+    summary="One task's metadata (votes and gold answer: admin only, so labellers cannot tell gold tasks).",
 )
 def get_task(
     sample_id: str = SampleIdPath,
-    _: Principal = Depends(require_labeller),
+    who: Principal = Depends(require_labeller),
     store: FeedbackStore = Depends(get_store),
 ) -> TaskOut:
-    return TaskOut(**store.task(sample_id))
+    task = store.task(sample_id)
+    if who.role != "admin":
+        task.update(votes=None, gold=None)
+    return TaskOut(**task)
 
 
 @router.get(
