@@ -47,7 +47,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(db: Path, port: int, synchronous: str) -> subprocess.Popen:
-    env = {**os.environ, "T2I_FEEDBACK_ADMIN_TOKEN": ADMIN, "T2I_FEEDBACK_LABELLER_TOKENS": LAB}
+    env = {**os.environ, "T2I_FEEDBACK_ADMIN_TOKEN": ADMIN, "T2I_FEEDBACK_SHARED_LABELLER_TOKENS": LAB}
     cmd = [
         sys.executable,
         "-m",

@@ -46,7 +46,7 @@ def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "T2I_FEEDBACK_ADMIN_TOKEN": admin_token,
-           "T2I_FEEDBACK_LABELLER_TOKENS": labeller_token}
+           "T2I_FEEDBACK_SHARED_LABELLER_TOKENS": labeller_token}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(_cli("feedback", "serve", "--host", "127.0.0.1", "--port", str(port),

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--labeller-token",
         action="append",
         default=None,
-        help="repeatable; or T2I_FEEDBACK_LABELLER_TOKENS (comma-separated)",
+        help="a shared labeller token, for a one-person local run; repeatable; or "
+        "T2I_FEEDBACK_SHARED_LABELLER_TOKENS (comma-separated)",
     )
     s.add_argument("--labels-per-sample", type=int, default=None)
     s.add_argument("--lease-seconds", type=float, default=None)

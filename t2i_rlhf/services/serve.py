@@ -3,7 +3,8 @@
 The FastAPI app is built inside the replica (late-bound ingress), so the SQLite file is opened
 on the node that serves it. SQLite allows one writer process: keep num_replicas at 1 and pin the
 replica to the node that holds the run's storage directory (see deploy/feedback_serve.yaml).
-Tokens come from the replica's environment (T2I_FEEDBACK_ADMIN_TOKEN, ..._LABELLER_TOKENS).
+Tokens come from the replica's environment (T2I_FEEDBACK_ADMIN_TOKEN,
+T2I_FEEDBACK_SHARED_LABELLER_TOKENS; the older ..._LABELLER_TOKENS is still read).
 """
 
 from __future__ import annotations
