@@ -117,7 +117,14 @@ class LabellingSection(_Strict):
 
 
 class EvalSection(_Strict):
-    per_category: int = Field(96, ge=1, description="Held-out (prompt, seed) pairs judged per category.")
+    per_category: int = Field(96, ge=1, description=(
+        "(prompt, seed) pairs judged per category, in each of `splits`."))
+    splits: list[Literal["heldout", "train"]] = Field(
+        default_factory=lambda: ["heldout", "train"], min_length=1, description=(
+            "Prompt splits judged, each reported apart as in the paper: `heldout` (unseen: prompts the rollouts "
+            "leave out under `rollout.prompt_split: train`) and `train` (seen: the training split's prompts, "
+            "at seeds no rollout uses). Each split costs `per_category` images a category per evaluation; "
+            "`[heldout]` halves the evaluation's time."))
     steps: int = Field(20, ge=1, description="Denoising steps of the evaluation's images.")
     guidance: float = Field(1.0, ge=0, description=(
         "Classifier-free guidance scale of the evaluation's images; the default samples as the shapes "
@@ -129,6 +136,13 @@ class EvalSection(_Strict):
     cache_base: bool = Field(True, description=(
         "Reuse the base model's evaluation from an earlier run with the same weights, judge and settings "
         "(kept under `<storage>/cache/base-eval/`; local storage only)."))
+
+    @field_validator("splits")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each split at most once, got {v}")
+        return v
 
 
 class ExperimentConfig(_Strict):
@@ -146,7 +160,8 @@ class ExperimentConfig(_Strict):
         "shapes world's into the run directory."))
     pretrain_examples: int = Field(4096, ge=1, description=(
         "Pre-training examples rendered when `pretrain_data` is null."))
-    eval: EvalSection = Field(EvalSection(), description="Evaluation of each round's model on held-out prompts.")
+    eval: EvalSection = Field(EvalSection(), description=(
+        "Evaluation of each round's model on held-out (unseen) and training (seen) prompts."))
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

@@ -20,13 +20,21 @@ from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import grid_items, save_grid
 from t2i_rlhf.online import steps
 from t2i_rlhf.online.base_eval_cache import cache_dir, load_base_eval, store_base_eval
+from t2i_rlhf.online.eval_results import eval_splits
 from t2i_rlhf.online.local_services import (
     labeller_token_hint,
     local_feedback_service,
     simulated_labellers,
     tokens,
 )
-from t2i_rlhf.online.report import paper_table, write_metrics, write_report
+from t2i_rlhf.online.report import (
+    after_rounds,
+    evaluation_line,
+    paper_table,
+    run_warnings,
+    write_metrics,
+    write_report,
+)
 from t2i_rlhf.online.state import RunState, StateStore
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.services.client import FeedbackClient
@@ -81,7 +89,8 @@ def run_round(d: Driver, k: int, pretrain_data: str) -> None:
         d.state.model_version, d.state.model_location = tuned["version"], tuned["location"]
         d.store.save(d.state)
     if ctx.cfg.eval.every_round or k == ctx.cfg.run.rounds - 1:
-        d.step(k, "evaluate", lambda: steps.evaluate_current_model(ctx, tuned["version"]))
+        ev = d.step(k, "evaluate", lambda: steps.evaluate_current_model(ctx, tuned["version"]))
+        log.info("round %d: %s", k, evaluation_line(f"{after_rounds(k + 1)} ({tuned['version']})", ev))
     write_metrics(ctx.run_dir, d.state)
 
 
@@ -147,15 +156,7 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
                     state.reward_model_location, state.reward_model_version) for _ in range(r.scorers))
             steps.push_weights(ctx, state.model_version, state.model_location)
             grid = grid_items("heldout", per_category=2)
-            if state.base_eval is None and state.model_version == "base":
-                cached_at = cache_dir(cfg)  # fingerprints the weights once, for the load and the store
-                state.base_eval = load_base_eval(cached_at, run_dir / "grid_base.png")
-                if state.base_eval is None:
-                    state.base_eval = steps.evaluate_current_model(ctx, "base")
-                    save_grid(run_dir / "grid_base.png", [p.text for p, _ in grid[::8]],
-                              steps.generate_with_actors(ctx, [(p.text, s) for p, s in grid]))
-                    store_base_eval(cached_at, state.base_eval, run_dir / "grid_base.png")
-                store.save(state)
+            ensure_base_eval(ctx, store, grid)
             for k in range(cfg.run.rounds):
                 run_round(d, k, pretrain_data)
             save_grid(run_dir / "grid_final.png", [p.text for p, _ in grid[::8]],
@@ -168,12 +169,39 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
     finally:
         actors.shutdown()
     last = state.done(cfg.run.rounds - 1, "evaluate")
-    if state.base_eval and last:
-        print("\nJudged alignment on held-out prompts (oracle judge), base vs tuned:\n")
-        print(paper_table(state.base_eval, last, f"after {cfg.run.rounds} rounds"))
+    if last:
+        print("\nJudged alignment (oracle judge), base vs tuned, on seen and unseen prompts:\n")
+        print(paper_table(state.base_eval, last, after_rounds(cfg.run.rounds)))
+    for line in run_warnings(state):
+        log.warning("%s", line)
     print(f"\nreport: {report}\nlogs: {run_dir / 'logs'}\nwall time: {(time.monotonic() - t0) / 60:.1f} min",
           flush=True)
     return state
+
+
+def ensure_base_eval(ctx: steps.LoopContext, store: StateStore, grid: list) -> None:
+    """The base model's evaluation on every configured split, from the cache or generated, and
+    its grid. Only while the generators still hold the base: a run resumed past round 0 whose
+    base evaluation (written by older code) lacks a split keeps what it has, and its report
+    shows the tuned model alone on that split (re-evaluating the base would mean reloading it)."""
+    state, cfg, run_dir = ctx.state, ctx.cfg, ctx.run_dir
+    missing = [s for s in cfg.eval.splits if s not in eval_splits(state.base_eval)]
+    if not missing:
+        return
+    if state.model_version != "base":
+        if state.base_eval is not None:
+            log.warning("the base model was not evaluated on %s (run state from older code); the report "
+                        "shows the tuned model alone there", ", ".join(missing))
+        return
+    cached_at = cache_dir(cfg)  # fingerprints the weights once, for the load and the store
+    state.base_eval = load_base_eval(cached_at, run_dir / "grid_base.png")
+    if state.base_eval is None:
+        state.base_eval = steps.evaluate_current_model(ctx, "base")
+        save_grid(run_dir / "grid_base.png", [p.text for p, _ in grid[::8]],
+                  steps.generate_with_actors(ctx, [(p.text, s) for p, s in grid]))
+        store_base_eval(cached_at, state.base_eval, run_dir / "grid_base.png")
+    log.info("%s", evaluation_line("base", state.base_eval))
+    store.save(state)
 
 
 def parse_overrides(pairs: list[str]) -> dict:

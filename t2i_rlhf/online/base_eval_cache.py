@@ -1,11 +1,15 @@
 """The base model's evaluation, kept across runs.
 
-Every run starts by evaluating the base model on the same held-out prompts and seeds; with the
+Every run starts by evaluating the base model on the same prompts and seeds; with the
 same weights, judge and settings the result is the same, so a second experiment on one base
 (another config, a re-run after deleting the run directory) reuses it instead of regenerating
 hundreds of images. The key covers what the figures depend on: the base and CLIP directories'
 files, the evaluation and generation settings, the run seed, and the source of the judge, the
-renderer, the prompts and the evaluation itself.
+renderer, the prompts and the evaluation itself. The evaluated splits are in the key (as a set,
+each with its seed offset: a split's items do not depend on the order), and so is the shape of
+eval.json: entries stored by code before seen/unseen evaluation (held-out only, one EvalResult
+dict) sit under keys no current config computes, and are read as held-out only should one be
+loaded anyway.
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ from pathlib import Path
 import t2i_rlhf
 from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.fingerprint import tree_fingerprint
+from t2i_rlhf.online.eval_results import SPLIT_SEED_OFFSET, normalise_eval
 
 log = logging.getLogger(__name__)
 
+_FORMAT = 2  # eval.json per split (online/eval_results.py); 1: one held-out EvalResult dict
 _CODE = ("evaluation.py", "shapes/judge.py", "shapes/render.py", "shapes/prompts.py", "shapes/vocab.py")
 
 
 def base_eval_key(cfg: ExperimentConfig) -> str:
     h = hashlib.sha256()
-    settings = {"eval": cfg.eval.model_dump(mode="json", exclude={"threads", "every_round", "cache_base"}),
-                "generation": cfg.rollout.generation.model_dump(mode="json"), "seed": cfg.run.seed}
+    ev = cfg.eval.model_dump(mode="json", exclude={"threads", "every_round", "cache_base"})
+    ev["splits"] = {s: SPLIT_SEED_OFFSET[s] for s in sorted(ev["splits"])}  # each with its seed offset
+    settings = {"eval": ev, "generation": cfg.rollout.generation.model_dump(mode="json"), "seed": cfg.run.seed,
+                "format": _FORMAT}
     h.update(json.dumps(settings, sort_keys=True).encode())
     package = Path(t2i_rlhf.__file__).parent
     for name in _CODE:
@@ -55,7 +63,7 @@ def load_base_eval(where: Path | None, grid_to: Path) -> dict | None:
         return None
     shutil.copyfile(where / "grid.png", grid_to)
     log.info("base model evaluation reused from %s (same weights, judge and settings)", where)
-    return json.loads((where / "eval.json").read_text())
+    return normalise_eval(json.loads((where / "eval.json").read_text()))
 
 
 def store_base_eval(where: Path | None, result: dict, grid: Path) -> None:

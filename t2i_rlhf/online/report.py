@@ -1,6 +1,12 @@
 """Reports of a run: metrics per round as JSON lines and TensorBoard events, and at the end a
 Markdown report with PNG plots (alignment per category per round, reward distribution, labels
-per round, the same prompts and seeds before and after)."""
+per round, the same prompts and seeds before and after).
+
+The report leads with what a user runs the loop for: the paper's table in miniature (base vs
+tuned, per category, on seen and on unseen prompts apart, each figure with its SE and the change
+with its paired SE, clean rate and FD on every row), then one line per evaluation with its clean
+rate and FD, so reward hacking (alignment up, images breaking) shows the round it starts. A clean
+rate below MIN_CLEAN is marked at the top of the report and logged as a warning."""
 
 from __future__ import annotations
 
@@ -10,11 +16,14 @@ import shutil
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from t2i_rlhf.evaluation import paired_change  # noqa: E402
+from t2i_rlhf.online.eval_results import MIN_CLEAN, SPLIT_NAMES, clean_warnings, eval_splits  # noqa: E402
 from t2i_rlhf.online.state import RunState  # noqa: E402
 from t2i_rlhf.shapes.vocab import CATEGORIES  # noqa: E402
 
@@ -56,12 +65,12 @@ def write_metrics(run_dir: Path, state: RunState) -> None:
     with SummaryWriter(str(tb)) as w:
         for r in records:
             step = r["round"] + 1
-            ev = r.get("eval") or r.get("evaluate")
-            if ev:
+            for split, ev in eval_splits(r.get("eval") or r.get("evaluate")).items():
                 for cat, (good, _) in _alignment(ev).items():
-                    w.add_scalar(f"alignment/{cat}", good, step)
+                    w.add_scalar(f"alignment/{split}/{cat}", good, step)
+                w.add_scalar(f"clean/{split}", ev["overall"]["clean"], step)
                 if ev.get("fid") is not None:
-                    w.add_scalar("fidelity/frechet_distance", ev["fid"], step)
+                    w.add_scalar(f"fidelity/frechet_distance/{split}", ev["fid"], step)
             if "rescore" in r:
                 w.add_scalar("reward/mean", r["rescore"]["reward_mean"], step)
             if "labels" in r:
@@ -73,37 +82,115 @@ def write_metrics(run_dir: Path, state: RunState) -> None:
                     w.add_scalar(f"finetune/{k}", v, step)
 
 
-def paper_table(base: dict, tuned: dict, tuned_label: str) -> str:
-    """Per category: judged alignment of the base and the tuned model, with standard errors; the
-    change's own SE is from paired differences when both were judged on the same items."""
+def _pct(x: float, se: float | None = None) -> str:
+    return f"{100 * x:.1f}%" + (f" ± {100 * se:.1f}" if se is not None else "")
+
+
+def _fid(ev: dict) -> str:
+    return f"{ev['fid']:.3f}" if ev.get("fid") is not None else "n/a"
+
+
+def _change_row(base: dict, tuned: dict) -> list[str]:
+    """The change per category in points, ± the SE of the paired per-image differences when both
+    were judged on the same items (else the SEs combined, marked `unpaired`); then clean and FD."""
     b, t = _alignment(base), _alignment(tuned)
     base_bits, tuned_bits = _verdicts(base), _verdicts(tuned)
-    lines = [f"| category | base | {tuned_label} | change (± paired SE) |", "|---|---|---|---|"]
+    cells = []
     for cat in [*CATEGORIES, "overall"]:
-        if cat in b and cat in t:
-            paired = paired_change(base_bits.get(cat, ""), tuned_bits.get(cat, ""))
-            change = f"{100 * (t[cat][0] - b[cat][0]):+.1f}" + (f" ± {100 * paired[1]:.1f}" if paired else "")
-            lines.append(f"| {cat} | {100 * b[cat][0]:.1f}% ± {100 * b[cat][1]:.1f} | "
-                         f"{100 * t[cat][0]:.1f}% ± {100 * t[cat][1]:.1f} | {change} |")
-    if base.get("fid") is not None and tuned.get("fid") is not None:
-        lines.append(f"| fidelity (Fréchet distance, lower is better) | {base['fid']:.3f} | {tuned['fid']:.3f} | "
-                     f"{100 * (tuned['fid'] / base['fid'] - 1):+.1f}% |")
+        if cat not in b or cat not in t:
+            cells.append("")
+            continue
+        paired = paired_change(base_bits.get(cat, ""), tuned_bits.get(cat, ""))
+        se = f"{100 * paired[1]:.1f}" if paired else f"{100 * float(np.hypot(b[cat][1], t[cat][1])):.1f} unpaired"
+        cells.append(f"{100 * (t[cat][0] - b[cat][0]):+.1f} ± {se}")
+    cells.append(f"{100 * (tuned['overall']['clean'] - base['overall']['clean']):+.1f}")
+    both = base.get("fid") is not None and tuned.get("fid") is not None
+    cells.append(f"{100 * (tuned['fid'] / base['fid'] - 1):+.1f}%" if both else "")
+    return cells
+
+
+def _model_row(ev: dict) -> list[str]:
+    a = _alignment(ev)
+    cells = [_pct(*a[cat]) if cat in a else "" for cat in [*CATEGORIES, "overall"]]
+    flag = " ⚠" if ev["overall"]["clean"] < MIN_CLEAN else ""
+    return [*cells, _pct(ev["overall"]["clean"]) + flag, _fid(ev)]
+
+
+def paper_table(base: dict | None, tuned: dict, tuned_label: str) -> str:
+    """The paper's table in miniature: per prompt split (unseen first, as configured), the base's
+    and the tuned model's judged alignment per category with binomial SEs, and the change with the
+    SE of paired per-image differences (the same prompts and seeds judged for both: much smaller
+    than the two SEs combined); clean rate and FD on every row. Either evaluation may be of the
+    per-split or the old held-out-only shape; a split the base was not judged on (a run resumed
+    from older code) shows the tuned model's row alone."""
+    header = ["prompts", "model", *CATEGORIES, "overall", "clean", "FD (lower is better)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base_splits = eval_splits(base)
+    for split, t in eval_splits(tuned).items():
+        name = SPLIT_NAMES.get(split, split)
+        rows = []
+        b = base_splits.get(split)
+        rows.append(["base", *_model_row(b)] if b else
+                    ["base", "not judged on these prompts (run state from older code)", *[""] * 6])
+        rows.append([tuned_label, *_model_row(t)])
+        if b:
+            rows.append(["change (± paired SE)", *_change_row(b, t)])
+        lines += ["| " + " | ".join([name, *row]) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def after_rounds(n: int) -> str:
+    """The label of a model tuned for `n` rounds."""
+    return f"after {n} round{'' if n == 1 else 's'}"
+
+
+def evaluations(state: RunState) -> list[tuple[str, dict]]:
+    """(label, evaluation) for the base and every evaluated round, in order."""
+    out = [("base", state.base_eval)] if state.base_eval else []
+    for r in round_records(state):
+        if r["round"] >= 0 and "evaluate" in r:
+            version = (r.get("finetune") or {}).get("version", "")
+            out.append((after_rounds(r["round"] + 1) + (f" ({version})" if version else ""), r["evaluate"]))
+    return out
+
+
+def evaluation_line(label: str, ev: dict) -> str:
+    """One evaluation in a line: overall alignment ± SE, clean rate and FD per split."""
+    parts = []
+    for split, e in eval_splits(ev).items():
+        flag = f" ⚠ below {100 * MIN_CLEAN:.0f}%" if e["overall"]["clean"] < MIN_CLEAN else ""
+        parts.append(f"{SPLIT_NAMES.get(split, split)} {_pct(e['overall']['good'], e['overall']['stderr'])}, "
+                     f"clean {_pct(e['overall']['clean'])}{flag}, FD {_fid(e)}")
+    return f"{label}: " + "; ".join(parts)
+
+
+def round_lines(state: RunState) -> list[str]:
+    """The report's list of every evaluation of the run, base first."""
+    return [f"- {evaluation_line(label, ev)}" for label, ev in evaluations(state)]
+
+
+def run_warnings(state: RunState) -> list[str]:
+    """The clean-rate warnings of every evaluation of the run (clean_warnings)."""
+    return [line for label, ev in evaluations(state) for line in clean_warnings(ev, label)]
+
+
 def _plot_alignment(records: list[dict], path: Path) -> None:
-    evals = [(r["round"] + 1, r.get("eval") or r.get("evaluate")) for r in records]
-    evals = [(x, e) for x, e in evals if e]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cat in [*CATEGORIES, "overall"]:
-        pts = [(x, _alignment(e)[cat]) for x, e in evals if cat in _alignment(e)]
-        if pts:
-            ax.errorbar([p[0] for p in pts], [100 * p[1][0] for p in pts], yerr=[100 * p[1][1] for p in pts],
-                        marker="o", capsize=3, label=cat, linewidth=2.5 if cat == "overall" else 1.2)
-    ax.set_xlabel("fine-tuning rounds done")
-    ax.set_ylabel("judged good on held-out prompts (%)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    """One panel per prompt split: judged good per category against rounds done, with SEs."""
+    evals = [(r["round"] + 1, eval_splits(r.get("eval") or r.get("evaluate"))) for r in records]
+    splits = list(dict.fromkeys(split for _, ev in evals for split in ev)) or ["heldout"]
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=True):
+        for cat in [*CATEGORIES, "overall"]:
+            pts = [(x, _alignment(ev[split])[cat]) for x, ev in evals if split in ev and cat in _alignment(ev[split])]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [100 * p[1][0] for p in pts], yerr=[100 * p[1][1] for p in pts],
+                            marker="o", capsize=3, label=cat, linewidth=2.5 if cat == "overall" else 1.2)
+        ax.set_xlabel("fine-tuning rounds done")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("judged good (%)")
+        ax.set_title(SPLIT_NAMES.get(split, split))
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -139,9 +226,16 @@ def write_report(run_dir: Path, state: RunState, grid_before: Path | None, grid_
     last = next((r for r in reversed(records) if r["round"] >= 0 and "evaluate" in r), None)
     labels = sum(r["labels"]["labels"] for r in records if "labels" in r)
     lines = [f"# Run report: {run_dir.name}", ""]
-    if state.base_eval and last:
-        lines += ["## Judged alignment on held-out prompts", "",
-                  paper_table(state.base_eval, last["evaluate"], f"after {last['round'] + 1} rounds"), ""]
+    warnings = run_warnings(state)
+    lines += [f"> **⚠ WARNING: {w}.**" for w in warnings] + ([""] if warnings else [])
+    if last:
+        names = [SPLIT_NAMES.get(s, s).split(" (")[0] for s in eval_splits(last["evaluate"])]
+        lines += [f"## Judged alignment, base vs tuned, on {' and '.join(names)} prompts", "",
+                  paper_table(state.base_eval, last["evaluate"], after_rounds(last["round"] + 1)), "",
+                  "Judged by the oracle judge; ± is a binomial SE, a change's ± the SE of paired per-image "
+                  "differences (the same prompts and seeds for both models); clean: images with recognisable "
+                  f"objects on a scene colour (⚠ below {100 * MIN_CLEAN:.0f}%: reward hacking likely).", ""]
+    lines += ["## Every evaluation", "", *round_lines(state), ""]
     lines += [f"Rounds: {len([r for r in records if r['round'] >= 0])}; labels used: {labels}; "
               f"model version: {state.model_version}; reward model: {state.reward_model_version}."]
     if wall_s is not None:

@@ -3,7 +3,10 @@
 A step is marked done only after everything it wrote is on disk, so killing the driver at any
 point and starting it again repeats at most the step that was running, and every step is
 written to be safe to repeat (deterministic sample ids, idempotent publishing, labels
-re-aggregated from the service, Ray Train resuming from its last checkpoint)."""
+re-aggregated from the service, Ray Train resuming from its last checkpoint).
+
+Evaluations are kept per prompt split (online/eval_results.py); an old-shape, held-out-only
+evaluation is rewrapped on load, so a run started by older code resumes."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from t2i_rlhf.online.eval_results import normalise_eval
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +27,7 @@ class RunState:
     reward_model_version: str | None = None
     reward_model_location: str | None = None
     rounds: dict[str, dict[str, dict]] = field(default_factory=dict)  # round -> step -> result
-    base_eval: dict | None = None
+    base_eval: dict | None = None  # per split (online/eval_results.py)
     finished: bool = False
 
     def done(self, round: int, step: str) -> dict | None:
@@ -30,6 +35,14 @@ class RunState:
 
     def mark(self, round: int, step: str, result: dict) -> None:
         self.rounds.setdefault(str(round), {})[step] = result
+
+    def normalise(self) -> RunState:
+        """Bring evaluations written by older code into the per-split shape, in place."""
+        self.base_eval = normalise_eval(self.base_eval)
+        for steps in self.rounds.values():
+            if "evaluate" in steps:
+                steps["evaluate"] = normalise_eval(steps["evaluate"])
+        return self
 
 
 class StateStore:
@@ -42,7 +55,13 @@ class StateStore:
         if not self.path.exists():
             return RunState()
         state = RunState(**json.loads(self.path.read_text()))
+        evals = [state.base_eval, *(steps.get("evaluate") for steps in state.rounds.values())]
+        old = any(ev and "splits" not in ev for ev in evals)
+        state.normalise()
         log.info("resuming run from %s", self.path)
+        if old:
+            log.info("this run's evaluations were written before seen/unseen evaluation: they are read as "
+                     "held-out only")
         return state
 
     def save(self, state: RunState) -> None:

@@ -23,11 +23,12 @@ from t2i_rlhf.actors.scorer import RewardScorerActor
 from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import EvalResult, eval_prompts, score_images
 from t2i_rlhf.model_version import BASE_VERSION
+from t2i_rlhf.online.eval_results import SPLIT_NAMES, SPLIT_SEED_OFFSET, clean_warnings
 from t2i_rlhf.online.state import RunState
 from t2i_rlhf.samples import decode_png
 from t2i_rlhf.services.client import FeedbackClient, aggregate_labels
 from t2i_rlhf.services.reliability import labeller_weights
-from t2i_rlhf.shapes.prompts import sample_prompts
+from t2i_rlhf.shapes.prompts import Prompt, sample_prompts
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +256,29 @@ def generate_with_actors(ctx: LoopContext, items: list[tuple[str, int]], chunk: 
     return np.stack([decode_png(b) for batch in batches for b in batch.column("image").to_pylist()])
 
 
+def split_items(cfg: ExperimentConfig, split: str) -> list[tuple[Prompt, int]]:
+    """A split's evaluation (prompt, seed) pairs: the same for every model of the run."""
+    items = eval_prompts(cfg.eval.per_category, split, seed=cfg.run.seed)
+    return [(p, s + SPLIT_SEED_OFFSET[split]) for p, s in items]
+
+
 def evaluate_current_model(ctx: LoopContext, label: str) -> dict:
-    """Judged alignment per category on held-out prompts, and fidelity, of the generators'
-    current weights; the same prompts and seeds every time."""
-    items = eval_prompts(ctx.cfg.eval.per_category, "heldout", seed=ctx.cfg.run.seed)
-    images = generate_with_actors(ctx, [(p.text, s) for p, s in items])
-    result: EvalResult = score_images(label, [p for p, _ in items], images, [s for _, s in items],
-                                      ctx.cfg.model.clip)
-    log.info("evaluation of %s:\n%s", label, result.table())
-    return result.to_dict()
+    """Judged alignment per category, clean rate and fidelity of the generators' current weights,
+    on each of `eval.splits` apart (seen and unseen prompts, as the paper reports them); the same
+    prompts and seeds every time. Both splits' images are generated in one batch of calls, so the
+    generators stay busy across the split boundary."""
+    by_split = {split: split_items(ctx.cfg, split) for split in ctx.cfg.eval.splits}
+    flat = [item for items in by_split.values() for item in items]
+    images = generate_with_actors(ctx, [(p.text, s) for p, s in flat])
+    out, start = {}, 0
+    for split, items in by_split.items():
+        result: EvalResult = score_images(label, [p for p, _ in items], images[start : start + len(items)],
+                                          [s for _, s in items], ctx.cfg.model.clip)
+        start += len(items)
+        result.extra = {"split": split, "seed_offset": SPLIT_SEED_OFFSET[split]}
+        log.info("evaluation of %s on %s:\n%s", label, SPLIT_NAMES[split], result.table())
+        out[split] = result.to_dict()
+    evaluation = {"model": label, "splits": out}
+    for line in clean_warnings(evaluation):
+        log.warning("%s", line)
+    return evaluation

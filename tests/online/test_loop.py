@@ -89,8 +89,9 @@ def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
     assert base_eval_key(config()) == key and base_eval_key(config(guidance=3.0)) != key
     assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") is None  # nothing stored yet
     (tmp_path / "made.png").write_bytes(b"png")
-    store_base_eval(cache_dir(config()), {"overall": {"good": 0.5}}, tmp_path / "made.png")
-    assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") == {"overall": {"good": 0.5}}
+    stored = {"model": "base", "splits": {"heldout": {"overall": {"good": 0.5}}}}
+    store_base_eval(cache_dir(config()), stored, tmp_path / "made.png")
+    assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") == stored
     assert (tmp_path / "grid.png").read_bytes() == b"png"
     assert load_base_eval(cache_dir(config(cache=False)), tmp_path / "other.png") is None
     assert load_base_eval(cache_dir(config(guidance=3.0)), tmp_path / "other.png") is None
@@ -114,8 +115,10 @@ def test_the_change_gets_a_standard_error_from_paired_verdicts():
     assert change == 0.25 and abs(se - np.std([0, 1, 0, 0] * 25, ddof=1) / 10) < 1e-12
     assert se < np.hypot(result(base)["overall"]["stderr"], result(tuned)["overall"]["stderr"])
     assert paired_change(base, tuned[:-1]) is None  # different items: no pairing
-    table = paper_table(result(base), result(tuned), "tuned")
-    assert f"| overall | 50.0% ± 5.0 | 75.0% ± 4.3 | +25.0 ± {100 * se:.1f} |" in table
+    table = paper_table(result(base), result(tuned), "tuned").splitlines()  # held-out only: an old-shape dict
+    assert table[2].startswith("| unseen (held-out prompts) | base | 50.0% ± 5.0 |")
+    assert table[3].startswith("| unseen (held-out prompts) | tuned | 75.0% ± 4.3 |")
+    assert table[4].endswith(f"| +25.0 ± {100 * se:.1f} | +0.0 | +0.0% |") and len(table) == 5
 
 
 # --- end to end ----------------------------------------------------------------------------------
