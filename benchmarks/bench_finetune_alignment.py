@@ -31,6 +31,7 @@ from t2i_rlhf.evaluation import evaluate_model, load_pipeline
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
 from t2i_rlhf.shapes.captions import write_pretrain_parquet
+from t2i_rlhf.shapes.prompts import Prompt
 from t2i_rlhf.shapes.render import render
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.model import materialize_pipeline
@@ -39,27 +40,37 @@ from t2i_rlhf.training.finetune.trainer import finetune_round
 log = logging.getLogger("bench_finetune_alignment")
 
 
-@torch.no_grad()
 def judged_samples(model: Path, n: int, out: Path, steps: int, guidance: float, batch: int = 32,
                    seed: int = 0) -> Path:
     """Base-model samples of training prompts, in SAMPLE_SCHEMA, with r = the judge's verdict."""
     if out.exists():
         return out
-    pipe = load_pipeline(model)
     prompts = sample_prompts(n, split="train", seed=seed)
-    rows = []
-    for start in range(0, n, batch):
-        chunk = prompts[start : start + batch]
-        seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
-        latents = pipe([p.text for p in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                       generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent").images
-        images = decode_latents(pipe.vae, latents)
-        latents = encode_images(pipe.vae, images)  # as the generator actors store them
-        for p, s, lat, img in zip(chunk, seeds, latents, images, strict=True):
-            rows.append(sample_row(f"bench-{s}", "base", p, s, img, lat, float(judge(img, p).good)))
+    items = [(p, seed * 1_000_003 + i) for i, p in enumerate(prompts)]
+    rows = judged_rows(load_pipeline(model), items, steps, guidance, source="base", batch=batch)
     write_samples(rows, out)
     log.info("%d base samples, %.1f%% judged good", n, 100 * np.mean([r["reward"] for r in rows]))
     return out
+
+
+@torch.no_grad()
+def judged_rows(pipe, items: list[tuple[Prompt, int]], steps: int, guidance: float, source: str,
+                batch: int = 32, round: int = 0, id_prefix: str = "bench") -> list[dict]:
+    """SAMPLE_SCHEMA rows of `pipe`'s images for (prompt, seed) items, r = the judge's verdict.
+
+    Sampled as the generator actors sample: latents from the pipeline's own scheduler, one
+    torch.Generator per item (so batching does not change an image), decoded and re-encoded, so
+    fine-tuning learns from the latents of the very image that was judged."""
+    rows = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        latents = pipe([p.text for p, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                       generator=[torch.Generator().manual_seed(s) for _, s in chunk], output_type="latent").images
+        images = decode_latents(pipe.vae, latents)
+        latents = encode_images(pipe.vae, images)  # as the generator actors store them
+        for (p, s), lat, img in zip(chunk, latents, images, strict=True):
+            rows.append(sample_row(f"{id_prefix}-{s}", source, p, s, img, lat, float(judge(img, p).good), round))
+    return rows
 
 
 def rendered_samples(n: int, out: Path, pipeline_dir: Path, seed: int = 0) -> Path:
@@ -79,11 +90,11 @@ def rendered_samples(n: int, out: Path, pipeline_dir: Path, seed: int = 0) -> Pa
     return out
 
 
-def sample_row(sample_id: str, source: str, prompt, seed: int, image: np.ndarray, latent: torch.Tensor,
-               r: float) -> dict:
+def sample_row(sample_id: str, source: str, prompt: Prompt, seed: int, image: np.ndarray, latent: torch.Tensor,
+               r: float, round: int = 0) -> dict:
     """One SAMPLE_SCHEMA row whose reward and label are both the oracle's r."""
     return {
-        "sample_id": sample_id, "round": 0, "prompt": prompt.text, "category": prompt.category, "seed": seed,
+        "sample_id": sample_id, "round": round, "prompt": prompt.text, "category": prompt.category, "seed": seed,
         "model_version": source, "image": png_bytes(image), "latents": latent.flatten().float().numpy(),
         "latent_shape": list(latent.shape), "reward": r, "reward_model_version": "oracle-judge",
         "label": r, "n_labels": 1,
