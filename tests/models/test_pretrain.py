@@ -66,6 +66,19 @@ def test_unet_stage_warm_starts_from_a_pipeline(sd_model_dir, clip_model_dir, tm
     assert max(moved) < 0.2 and sum(moved) > 0  # two small steps from the init, not a fresh UNet
 
 
+def test_unet_stage_in_bf16_keeps_fp32_weights(sd_model_dir, clip_model_dir, tmp_path):
+    """`--unet-bf16` autocasts the forward pass only: the saved UNet is fp32, finite, and moved."""
+    out = tmp_path / "models"
+    shutil.copytree(clip_model_dir, out / "shapes-clip")
+    cfg = PretrainConfig(out=out, work=tmp_path / "work", unet_steps=0, unet_vsnr_steps=2, unet_examples=8,
+                         batch=4, threads=1, unet_init=sd_model_dir, unet_bf16=True)
+    pretrain_unet(cfg)
+    init = StableDiffusionPipeline.from_pretrained(sd_model_dir, local_files_only=True).unet.state_dict()
+    made = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True).unet.state_dict()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in made.values())
+    assert any(not torch.equal(v, made[k]) for k, v in init.items())
+
+
 def test_shipped_model_trains_and_samples_with_the_same_schedule(sd_model_dir):
     """Fine-tuning builds its DDPM schedule from the pipeline's scheduler config: it must be the
     v-prediction, zero-terminal-SNR schedule the base was trained with, not SD's default."""
