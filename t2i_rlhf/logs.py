@@ -28,6 +28,9 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     # Ray Data's "Starting execution of Dataset ...", "Execution plan ...", "... finished" lines
     "RAY_DATA_LOG_LEVEL": "WARNING",
+    # Ray Data's progress bars: inside a Ray Train worker they reach the console as a line per
+    # refresh ("- ReadFilesParquetV2: Tasks: 1; Actors: 0; Queued blocks: 0 ...")
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     # what `quiet` reads, in the driver and in the workers
     "T2I_RLHF_QUIET_LIBRARIES": "1",
 }
@@ -72,6 +75,16 @@ def ray_train_log_level() -> str:
     """Ray Train's console level: its INFO lines (worker group start-up, "Moving model to device")
     stay in its own log files under the Ray session directory unless the run is verbose."""
     return "WARNING" if quiet() else "INFO"
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train V2 logs every `report()` call at INFO ("Reporting training result 7: ...") under a
+    logger named after its source file, outside the "ray.train" loggers `LoggingConfig` sets. Call
+    it in a training worker: imports Ray Train."""
+    if quiet():
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def quiet_diffusers_loading() -> None:

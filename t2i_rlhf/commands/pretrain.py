@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unet-init", type=Path, default=None,
                    help="warm-start the UNet stage from this pipeline directory's UNet and VAE")
     p.add_argument("--unet-bf16", action="store_true", default=None,
-                   help="bf16 autocast in the UNet stage (1.6x faster on CPUs with AVX512-BF16)")
+                   help="bf16 autocast in the UNet stage (1.4x faster on CPUs with AVX512-BF16)")
     p.set_defaults(func=run)
 
 

@@ -56,7 +56,7 @@ class PretrainConfig:
     unet_count_wrong_p: float = 0.4
     unet_init: Path | None = None  # a pipeline directory to warm-start the UNet (and take the VAE) from
     batch: int = 64
-    # bf16 autocast for the UNet stage's forward pass: 1.6x the steps per second on CPUs with
+    # bf16 autocast for the UNet stage's forward pass: 1.4x the steps per second on CPUs with
     # AVX512-BF16 (benchmarks/bench_unet_step.py). Off by default: the shipped base was trained in fp32.
     unet_bf16: bool = False
     seed: int = 0

@@ -26,6 +26,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from t2i_rlhf.logs import quiet_ray_train_reports
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.data import batch_latents, micro_batches
 from t2i_rlhf.training.finetune.loss import (
@@ -214,6 +215,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_ray_train_reports()
     cfg = FinetuneConfig(**config["finetune"])
     start = StartingPoint(**config["start"])
     total = int(config["total_steps"])
