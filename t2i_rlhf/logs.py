@@ -77,6 +77,23 @@ def ray_train_log_level() -> str:
     return "WARNING" if quiet() else "INFO"
 
 
+def worker_setup() -> None:
+    """Ray's `worker_process_setup_hook` (ray_runtime.init_ray; deploy/runtime_env.yaml): in every
+    worker, Ray Train's internal actors included, drop Ray's own deprecation warnings about calls
+    Ray itself makes (Ray Train sets `ExecutionOptions.exclude_resources` and Ray Data then warns
+    on the console). Ray installs its filter for them when imported, so an environment variable
+    cannot; the hook runs after that import."""
+    if quiet():
+        import warnings
+
+        from ray.util.annotations import RayDeprecationWarning
+
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+
+
+WORKER_SETUP_HOOK = "t2i_rlhf.logs.worker_setup"
+
+
 def quiet_ray_train_reports() -> None:
     """Ray Train V2 logs every `report()` call at INFO ("Reporting training result 7: ...") under a
     logger named after its source file, outside the "ray.train" loggers `LoggingConfig` sets. Call

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from t2i_rlhf.logs import library_env
+from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env
 
 log = logging.getLogger(__name__)
 
@@ -31,4 +31,5 @@ def init_ray(min_cpus: int = 1) -> None:
     # The dashboard serves the State API, which Ray Train's placement-group cleaner polls (without
     # it, every training run logs "Failed to query Ray Train Controller actor state"); 127.0.0.1.
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()}})
+             runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()},
+                          "worker_process_setup_hook": WORKER_SETUP_HOOK})

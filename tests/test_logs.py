@@ -62,3 +62,20 @@ def test_the_log_file_gets_library_info(tmp_path, caplog) -> None:
 def test_a_submitted_job_gets_the_same_library_settings() -> None:
     env = yaml.safe_load((REPO / "deploy" / "runtime_env.yaml").read_text())["env_vars"]
     assert {key: env.get(key) for key in logs.QUIET_ENV} == logs.QUIET_ENV
+
+
+def test_workers_drop_rays_own_deprecation_warnings(monkeypatch) -> None:
+    """The worker setup hook, named the same in the local runtime env and the job's."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    env = yaml.safe_load((REPO / "deploy" / "runtime_env.yaml").read_text())
+    assert env["worker_process_setup_hook"] == logs.WORKER_SETUP_HOOK
+    monkeypatch.setenv("T2I_RLHF_QUIET_LIBRARIES", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logs.worker_setup()
+        warnings.warn("exclude_resources is deprecated", RayDeprecationWarning, stacklevel=1)
+        warnings.warn("ours", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["ours"]
