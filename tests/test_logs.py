@@ -64,7 +64,7 @@ def test_a_submitted_job_gets_the_same_library_settings() -> None:
     assert {key: env.get(key) for key in logs.QUIET_ENV} == logs.QUIET_ENV
 
 
-def test_workers_drop_rays_own_deprecation_warnings(monkeypatch) -> None:
+def test_workers_drop_rays_own_deprecation_warnings_and_logged_progress(monkeypatch) -> None:
     """The worker setup hook, named the same in the local runtime env and the job's."""
     import warnings
 
@@ -79,3 +79,8 @@ def test_workers_drop_rays_own_deprecation_warnings(monkeypatch) -> None:
         warnings.warn("exclude_resources is deprecated", RayDeprecationWarning, stacklevel=1)
         warnings.warn("ours", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["ours"]
+    progress = logging.getLogger(logs.RAY_DATA_PROGRESS_LOGGER)
+    try:
+        assert not progress.isEnabledFor(logging.INFO) and progress.isEnabledFor(logging.WARNING)
+    finally:
+        progress.setLevel(logging.NOTSET)
