@@ -28,6 +28,9 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     # Ray Data's "Starting execution of Dataset ...", "Execution plan ...", "... finished" lines
     "RAY_DATA_LOG_LEVEL": "WARNING",
+    # Ray Data's progress bars: from a Ray Train worker's dataset shards they reach the console as
+    # a line per refresh ("- ReadFilesParquetV2: Tasks: 1; Actors: 0; Queued blocks: 0 ...")
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     # what `quiet` reads, in the driver and in the workers
     "T2I_RLHF_QUIET_LIBRARIES": "1",
 }
@@ -74,8 +77,8 @@ def ray_train_log_level() -> str:
     return "WARNING" if quiet() else "INFO"
 
 
-# Ray Data's progress in a process without a terminal (a Ray Train worker's dataset shards): an
-# INFO line per refresh ("- ReadFilesParquetV2: Tasks: 1; Actors: 0; Queued blocks: 0 ...")
+# With its progress bars off, Ray Data says so once per process, at WARNING ("Progress bars
+# disabled. To enable, set ..."); in a process without a terminal it logs progress at INFO instead
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 
 
@@ -83,15 +86,15 @@ def worker_setup() -> None:
     """Ray's `worker_process_setup_hook` (ray_runtime.init_ray; deploy/runtime_env.yaml). In every
     worker, Ray Train's internal actors included: no Ray deprecation warnings about calls Ray
     itself makes (Ray Train sets `ExecutionOptions.exclude_resources`, then Ray Data warns), and
-    no logged Ray Data progress. Ray installs its warning filter when imported, so an environment
-    variable cannot do the first; the hook runs after that import."""
+    nothing from Ray Data's progress reporting below ERROR. Ray installs its warning filter when
+    imported, so an environment variable cannot do the first; the hook runs after that import."""
     if quiet():
         import warnings
 
         from ray.util.annotations import RayDeprecationWarning
 
         warnings.filterwarnings("ignore", category=RayDeprecationWarning)
-        logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.WARNING)
+        logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
 
 
 WORKER_SETUP_HOOK = "t2i_rlhf.logs.worker_setup"

@@ -81,6 +81,6 @@ def test_workers_drop_rays_own_deprecation_warnings_and_logged_progress(monkeypa
     assert [str(w.message) for w in caught] == ["ours"]
     progress = logging.getLogger(logs.RAY_DATA_PROGRESS_LOGGER)
     try:
-        assert not progress.isEnabledFor(logging.INFO) and progress.isEnabledFor(logging.WARNING)
+        assert not progress.isEnabledFor(logging.WARNING) and progress.isEnabledFor(logging.ERROR)
     finally:
         progress.setLevel(logging.NOTSET)
