@@ -125,6 +125,23 @@ def _error(status_code: int, error: str, detail: object, headers: dict[str, str]
     return JSONResponse({"error": error, "detail": detail}, status_code=status_code, headers=headers)
 
 
+# The store's and the identity rules' refusals, each answered with its status and error name and the
+# exception's message.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    UnknownSample: (status.HTTP_404_NOT_FOUND, "unknown_sample"),
+    UnknownLabeller: (status.HTTP_404_NOT_FOUND, "unknown_labeller"),
+    LabellerConflict: (status.HTTP_409_CONFLICT, "conflict"),
+    NotYourLabel: (status.HTTP_403_FORBIDDEN, "forbidden"),
+}
+
+
+def _domain_error_handler(code: int, name: str):
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        return _error(code, name, str(exc))
+
+    return handler
+
+
 def _allowed_methods(request: Request) -> str:
     """The methods of this path, as OpenAPI reads paths: every route of the path (Starlette's 405
     named the first route's only, and /v1/labels is two: GET, POST), and a concrete path before a
@@ -157,21 +174,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(status.HTTP_400_BAD_REQUEST, "malformed_json", "request body is not valid JSON")
         return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", field_errors(errors))
 
-    @app.exception_handler(UnknownSample)
-    async def unknown_sample(_: Request, exc: UnknownSample) -> JSONResponse:
-        return _error(status.HTTP_404_NOT_FOUND, "unknown_sample", str(exc))
-
-    @app.exception_handler(UnknownLabeller)
-    async def unknown_labeller(_: Request, exc: UnknownLabeller) -> JSONResponse:
-        return _error(status.HTTP_404_NOT_FOUND, "unknown_labeller", str(exc))
-
-    @app.exception_handler(LabellerConflict)
-    async def labeller_conflict(_: Request, exc: LabellerConflict) -> JSONResponse:
-        return _error(status.HTTP_409_CONFLICT, "conflict", str(exc))
-
-    @app.exception_handler(NotYourLabel)
-    async def not_yours(_: Request, exc: NotYourLabel) -> JSONResponse:
-        return _error(status.HTTP_403_FORBIDDEN, "forbidden", str(exc))
+    for exc_type, (code, name) in DOMAIN_ERRORS.items():
+        app.add_exception_handler(exc_type, _domain_error_handler(code, name))
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:  # not acknowledged: clients retry

@@ -47,26 +47,15 @@ LABELLER_NAME_RULE = f"1..{LABELLER_MAX} of ASCII letters, digits, _ . @ : + -; 
 TEXT_MAX = 200  # category, model_version
 
 SAMPLE_ID_EXAMPLE, LABELLER_EXAMPLE = "r0-s0-00000", "alice"  # the examples of /docs (and of fuzzers)
-SampleId = Field(
-    ...,
-    min_length=1,
-    max_length=SAMPLE_ID_MAX,
-    pattern=SAMPLE_ID_PATTERN,
-    description=SAMPLE_ID_RULE,
-    examples=[SAMPLE_ID_EXAMPLE],
-)
+# One set of limits each, for bodies (Field) and for the path or the query string (Path, Query)
+_SAMPLE_ID_LIMITS = dict(min_length=1, max_length=SAMPLE_ID_MAX, pattern=SAMPLE_ID_PATTERN,
+                         description=SAMPLE_ID_RULE, examples=[SAMPLE_ID_EXAMPLE])
+_LABELLER_LIMITS = dict(min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
+SampleId = Field(..., **_SAMPLE_ID_LIMITS)
 Round = Field(..., ge=0, le=MAX_ROUND, description="training round (int32)")
-Labeller = Field(None, min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
-# ... and the same rules where ids, labellers and rounds come in the path or the query string
-SampleIdPath = Path(
-    ...,
-    min_length=1,
-    max_length=SAMPLE_ID_MAX,
-    pattern=SAMPLE_ID_PATTERN,
-    description=SAMPLE_ID_RULE,
-    examples=[SAMPLE_ID_EXAMPLE],
-)
-LabellerQuery = Query(None, min_length=1, max_length=LABELLER_MAX, pattern=LABELLER_PATTERN, description=LABELLER_RULE)
+Labeller = Field(None, **_LABELLER_LIMITS)
+SampleIdPath = Path(..., **_SAMPLE_ID_LIMITS)
+LabellerQuery = Query(None, **_LABELLER_LIMITS)
 RoundQuery = Query(None, ge=0, le=MAX_ROUND, description="only this round (int32)")
 LabellerPath = Path(
     ...,

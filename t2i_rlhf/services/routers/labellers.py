@@ -71,36 +71,24 @@ def rotate_token(
     return LabellerCreated(**store.rotate_token(name, token_hash(token)).public(), token=token)
 
 
-def _revoke(name: str, store: FeedbackStore) -> LabellerOut:
-    return LabellerOut(**store.revoke_labeller(name).public())
-
-
 @router.post(
     "/labellers/{name}/revoke",
     response_model=LabellerOut,
     responses=error_responses(401, 403, 404, 422, 503, e404=_E404),
     summary="Revoke a labeller (admin; idempotent): its token gets 401 from now on, its labels stay.",
 )
-def revoke_labeller(
-    name: str = LabellerPath,
-    _: Principal = Depends(require_admin),
-    store: FeedbackStore = Depends(get_store),
-) -> LabellerOut:
-    return _revoke(name, store)
-
-
 @router.delete(
     "/labellers/{name}",
     response_model=LabellerOut,
     responses=error_responses(401, 403, 404, 422, 503, e404=_E404),
     summary="The same as POST /v1/labellers/{name}/revoke: the account is revoked, not erased.",
 )
-def delete_labeller(
+def revoke_labeller(
     name: str = LabellerPath,
     _: Principal = Depends(require_admin),
     store: FeedbackStore = Depends(get_store),
 ) -> LabellerOut:
-    return _revoke(name, store)
+    return LabellerOut(**store.revoke_labeller(name).public())
 
 
 @router.get(
