@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     p.add_argument("--unet-count-wrong-p", type=float, default=None,
                    help="how often a UNet caption's count word is wrong (0.4)")
+    p.add_argument("--unet-count-p", type=float, default=None,
+                   help="how often a UNet caption names the count at all (0.45)")
     p.add_argument("--unet-init", type=Path, default=None,
                    help="warm-start the UNet stage from this pipeline directory's UNet and VAE")
     p.add_argument("--unet-bf16", action="store_true", default=None,
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
-    names = ("out", "work", "unet_count_wrong_p", "unet_init", "unet_bf16", *NUMBERS)
+    names = ("out", "work", "unet_count_wrong_p", "unet_count_p", "unet_init", "unet_bf16", *NUMBERS)
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     pretrain(PretrainConfig(**given), stages)
     return 0

@@ -54,6 +54,11 @@ class PretrainConfig:
     # 0.2). With a text encoder that reads counts, that noise is what keeps the base's counting
     # SD-like (below 50%) while the count word still predicts the count: P(n | "n") = 1 - p.
     unet_count_wrong_p: float = 0.4
+    # How often a UNet caption names the count at all (CLIP's: CaptionPolicy's 0.45). LAION-like
+    # captions seldom count, but mostly rightly when they do: a rare count word that is reliable
+    # teaches the UNet a count it can apply to every shape, where a frequent wrong one teaches the
+    # noise (docs/experiments.md, 2026-12-02).
+    unet_count_p: float = 0.45
     unet_init: Path | None = None  # a pipeline directory to warm-start the UNet (and take the VAE) from
     batch: int = 64
     # bf16 autocast for the UNet stage's forward pass: 1.4x the steps per second on CPUs with
@@ -310,8 +315,9 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
         vae = AutoencoderKL.from_pretrained(cfg.work / "vae").eval()
         unet = arch.make_unet()
     tokenizer, text_encoder = frozen_text_encoder(cfg.out / "shapes-clip")
-    policy = CaptionPolicy(count_wrong_p=cfg.unet_count_wrong_p)
-    cache = cfg.work / f"latents-{cfg.unet_examples}-count{policy.count_wrong_p:g}.pt"  # a resume skips encoding
+    policy = CaptionPolicy(count_p=cfg.unet_count_p, count_wrong_p=cfg.unet_count_wrong_p)
+    cache = cfg.work / (f"latents-{cfg.unet_examples}-count{policy.count_p:g}"
+                        f"-wrong{policy.count_wrong_p:g}.pt")  # a resume skips encoding
     if cache.exists():
         latents, captions = torch.load(cache, weights_only=False)
     else:

@@ -55,9 +55,9 @@ def test_unet_stage_warm_starts_from_a_pipeline(sd_model_dir, clip_model_dir, tm
     out = tmp_path / "models"
     shutil.copytree(clip_model_dir, out / "shapes-clip")
     cfg = PretrainConfig(out=out, work=tmp_path / "work", unet_steps=0, unet_vsnr_steps=2, unet_examples=8,
-                         batch=4, threads=1, unet_init=sd_model_dir, unet_count_wrong_p=0.5)
+                         batch=4, threads=1, unet_init=sd_model_dir, unet_count_wrong_p=0.5, unet_count_p=0.3)
     pretrain_unet(cfg)
-    assert (cfg.work / "latents-8-count0.5.pt").exists() and not (cfg.work / "unet.pt").exists()
+    assert (cfg.work / "latents-8-count0.3-wrong0.5.pt").exists() and not (cfg.work / "unet.pt").exists()
     init = StableDiffusionPipeline.from_pretrained(sd_model_dir, local_files_only=True)
     made = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True)
     assert all(torch.equal(v, made.vae.state_dict()[k]) for k, v in init.vae.state_dict().items())
