@@ -10,8 +10,11 @@ from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env
 log = logging.getLogger(__name__)
 
 # what a local instance's workers need: no hub, and one BLAS thread each (the actors and the
-# training workers set their own torch thread counts); library_env() adds the driver's log settings
-LOCAL_ENV_VARS = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# training workers set their own torch thread counts); library_env() adds the driver's log settings.
+# Ray Train's preemption watcher polls for nodes being drained, which a one-machine instance never
+# is; stopping it at the end of every fit logged a "Failed to kill actor" error to the console.
+LOCAL_ENV_VARS = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def init_ray(min_cpus: int = 1) -> None:
