@@ -176,7 +176,8 @@ def durability(venv: Path, data_dir: Path) -> dict:
         power_loss = (
             "rollback journal + FULL: journal and database are fsynced at each commit, but the journal's "
             "unlink, the commit point, is not followed by a directory fsync (that is synchronous=EXTRA), "
-            "so a commit followed closely by power loss may roll back; a kill -9 after the 2xx loses nothing"
+            "so a commit followed closely by power loss may roll back; a process crash after the 2xx cannot "
+            "undo the finished commits (read from the syscalls, not kill -9 tested here)"
         )
     elif mode == "wal" and sync in ("FULL", "EXTRA"):
         power_loss = "WAL + FULL: the WAL is fsynced at each commit; durable across power loss"
