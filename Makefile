@@ -14,7 +14,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint e2e pretrain eval clean
+.PHONY: venv demo test lint e2e pretrain eval clean label-studio-venv
 
 venv: $(STAMP)
 
@@ -45,6 +45,18 @@ pretrain: $(STAMP)
 
 eval: $(STAMP)
 	$(VENV)/bin/t2i-rlhf eval --model models/shapes-sd
+
+# Label Studio in a venv of its own (its Django and pins would clash with ours), for
+# `benchmarks/bench_feedback_load.py --label-studio .venv-label-studio`. Needs the network once;
+# the benchmark then runs it on loopback only, analytics and version checks off.
+LS_VENV := .venv-label-studio
+LS_VERSION ?= 1.23.2
+
+label-studio-venv: $(LS_VENV)/bin/label-studio
+
+$(LS_VENV)/bin/label-studio:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q label-studio==$(LS_VERSION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,12 +6,20 @@
    Optionally also batches of labels (POST /v1/labels/batch).
 2. Crash: runs a load at 8 connections, `kill -9`s the server mid-run, restarts it on the same
    file and checks that every label that got a 2xx is in the store (exported over HTTP).
+3. With --label-studio VENV (issue 25), first the same levels, same client code and one label per
+   request against Label Studio (`label_studio_driver.py`: `label-studio start` on a fresh SQLite
+   data dir, network calls off, one good/bad project, tasks imported over its API, a label is
+   `POST /api/tasks/{id}/annotations`); then one table of both, ours / Label Studio per level,
+   whether every 2xx is a stored annotation, and the journal mode / synchronous its SQLite runs.
 
 The load generator is a minimal asyncio HTTP/1.1 client (no httpx) so that, on a small machine,
 the client's own CPU cost disturbs the server as little as possible. Bounded: --seconds per level,
 loopback only.
 
     nice -n 10 .venv/bin/python benchmarks/bench_feedback_load.py --seconds 5 --out bench.json
+    make label-studio-venv  # once, with the network
+    nice -n 10 .venv/bin/python benchmarks/bench_feedback_load.py --seconds 5 \\
+        --label-studio .venv-label-studio --out bench-vs-label-studio.json
 """
 
 from __future__ import annotations
@@ -27,7 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import label_studio_driver as ls
 
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.services.client import FeedbackClient
@@ -71,38 +83,66 @@ def start_server(db: Path, port: int, synchronous: str) -> subprocess.Popen:
 
 
 class Conn:
-    """One keep-alive HTTP/1.1 connection; just enough protocol for JSON POSTs."""
+    """One keep-alive HTTP/1.1 connection; just enough protocol for JSON POSTs (reopened only if
+    the server answers `Connection: close`)."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, auth: str = f"Bearer {LAB}") -> None:
+        self.port, self.auth, self.reopens = port, auth, 0
 
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {LAB}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {self.auth}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         self.writer.write(head + body)
         await self.writer.drain()
         status_line = await self.reader.readuntil(b"\r\n")
-        length = 0
+        length, close = 0, False
         while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
             name, _, value = line.decode("latin-1").partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        payload = await self.reader.readexactly(length)
+        if close:
+            self.close()
+            self.reopens += 1
+            await self.open()
+        return int(status_line.split()[1]), payload
 
     def close(self) -> None:
         self.writer.close()
 
 
+@dataclass(frozen=True)
+class Target:
+    """A labelling server for the load generator: its port, the Authorization header, and how
+    [(item, label, labeller), ...] becomes one POST (path, JSON body)."""
+
+    name: str
+    port: int
+    auth: str
+    request: Callable[[list[tuple]], tuple[str, dict]]
+
+
+def ours_request(rows: list[tuple]) -> tuple[str, dict]:
+    labels = [{"sample_id": s, "label": label, "labeller": who} for s, label, who in rows]
+    return ("/v1/labels", labels[0]) if len(labels) == 1 else ("/v1/labels/batch", {"labels": labels})
+
+
+def ours(port: int) -> Target:
+    return Target("ours", port, f"Bearer {LAB}", ours_request)
+
+
 async def run_load(
-    port: int,
+    target: Target,
     clients: int,
     seconds: float,
-    sample_ids: list[str],
+    sample_ids: list,
     tag: str,
     batch: int = 1,
     acked: dict | None = None,
@@ -110,12 +150,12 @@ async def run_load(
     """`clients` connections post labels (each its own labeller) until `seconds` pass or their
     samples run out. Every 2xx is recorded in `acked` if given."""
     latencies: list[float] = []
-    errors = 0
+    errors = reopens = acknowledged = 0
     stop_at = time.monotonic() + seconds
 
     async def client(c: int) -> None:
-        nonlocal errors
-        conn = Conn(port)
+        nonlocal errors, reopens, acknowledged
+        conn = Conn(target.port, target.auth)
         await conn.open()
         who = f"{tag}-c{c}"
         try:
@@ -123,13 +163,8 @@ async def run_load(
                 if time.monotonic() >= stop_at:
                     return
                 chunk = sample_ids[start : start + batch]
-                labels = [
-                    {"sample_id": s, "label": "good" if (i + c) % 2 else "bad", "labeller": who}
-                    for i, s in enumerate(chunk, start)
-                ]
-                path, body = (
-                    ("/v1/labels", labels[0]) if batch == 1 else ("/v1/labels/batch", {"labels": labels})
-                )
+                rows = [(s, "good" if (i + c) % 2 else "bad", who) for i, s in enumerate(chunk, start)]
+                path, body = target.request(rows)
                 t0 = time.perf_counter()
                 try:
                     status, _ = await conn.post(path, json.dumps(body).encode())
@@ -138,12 +173,14 @@ async def run_load(
                     return
                 latencies.append(time.perf_counter() - t0)
                 if 200 <= status < 300:
+                    acknowledged += len(rows)
                     if acked is not None:
-                        for lab in labels:
-                            acked[(lab["sample_id"], who)] = lab["label"]
+                        for s, label, _ in rows:
+                            acked[(s, who)] = label
                 else:
                     errors += 1
         finally:
+            reopens += conn.reopens
             conn.close()
 
     t0 = time.perf_counter()
@@ -156,7 +193,9 @@ async def run_load(
         "batch": batch,
         "requests": len(lat),
         "labels": len(lat) * batch,
+        "acknowledged": acknowledged,
         "errors": errors,
+        "reopened_connections": reopens,
         "seconds": round(wall, 2),
         "labels_per_s": round(len(lat) * batch / wall, 1),
         "p50_ms": round(q[49] * 1000, 2),
@@ -165,12 +204,12 @@ async def run_load(
 
 
 def measured(
-    proc: subprocess.Popen, port: int, clients: int, seconds: float, ids: list[str], tag: str, batch: int = 1
+    proc: subprocess.Popen, target: Target, clients: int, seconds: float, ids: list, tag: str, batch: int = 1
 ) -> dict:
     """run_load plus the CPU the server and this client spent: labels per server CPU-second is
     what the server sustains on one core of its own, whatever else the machine is running."""
     s0, c0 = cpu_seconds(proc.pid), time.process_time()
-    r = asyncio.run(run_load(port, clients, seconds, ids, tag, batch=batch))
+    r = asyncio.run(run_load(target, clients, seconds, ids, tag, batch=batch))
     server, client = cpu_seconds(proc.pid) - s0, time.process_time() - c0
     r["server_cpu_s"], r["client_cpu_s"] = round(server, 2), round(client, 2)
     r["server_cpu_ms_per_request"] = round(1000 * server / max(r["requests"], 1), 3)
@@ -196,7 +235,7 @@ def crash_check(db: Path, port: int, synchronous: str, clients: int, kill_after:
     acked: dict[tuple[str, str], str] = {}
 
     async def load_then_kill() -> dict:
-        task = asyncio.create_task(run_load(port, clients, 60, ids, "crash", acked=acked))
+        task = asyncio.create_task(run_load(ours(port), clients, 60, ids, "crash", acked=acked))
         await asyncio.sleep(kill_after)
         proc.send_signal(signal.SIGKILL)  # mid-run: requests are in flight
         return await task
@@ -222,6 +261,59 @@ def crash_check(db: Path, port: int, synchronous: str, clients: int, kill_after:
     }
 
 
+def run_levels(proc: subprocess.Popen, target: Target, levels: list[int], seconds: float, ids: list) -> list[dict]:
+    out = []
+    for n in levels:
+        r = measured(proc, target, n, seconds, ids, f"L{n}")
+        logger.info(
+            "%-12s %3d clients: %8.1f labels/s  p50 %6.2f ms  p99 %6.2f ms  (%d requests, %d errors, "
+            "server CPU %.3f ms/request)",
+            target.name,
+            n,
+            r["labels_per_s"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["requests"],
+            r["errors"],
+            r["server_cpu_ms_per_request"],
+        )
+        out.append(r)
+    return out
+
+
+def label_studio_run(venv: Path, data_dir: Path, levels: list[int], seconds: float, n_tasks: int) -> dict:
+    """The same levels against Label Studio; then whether every 2xx is a row in its database, and
+    the SQLite settings its connections commit with."""
+    port = free_port()
+    t0 = time.monotonic()
+    proc = ls.start(venv, data_dir, port)
+    started_s = round(time.monotonic() - t0, 1)
+    try:
+        ids = ls.setup(port, n_tasks, png_bytes(render(parse_prompt("two red circles"), 0)))
+        target = Target("Label Studio", port, ls.auth_header(), ls.annotation_request)
+        warm = asyncio.run(run_load(target, 4, 1.0, ids, "warmup"))
+        runs = run_levels(proc, target, levels, seconds, ids)
+        if any(r["requests"] >= r["clients"] * n_tasks for r in runs):
+            logger.warning("Label Studio: a client ran out of its %d tasks; raise --ls-tasks", n_tasks)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    acked = warm["acknowledged"] + sum(r["acknowledged"] for r in runs)
+    stored = ls.annotation_count(data_dir)
+    return {
+        "version": ls.version(venv),
+        "server": "label-studio start (Django runserver, threaded, one process)",
+        "jobs": "in RQ workers (a Redis on localhost:6379)" if ls.redis_listening() else "inside the request",
+        "start_s": started_s,
+        "tasks": n_tasks,
+        "task_data": "image as a data: URL (the same 189-byte PNG our service is given)",
+        "levels": runs,
+        "acknowledged": acked,
+        "stored": stored,
+        "sqlite": ls.durability(venv, data_dir),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", default="1,8,32", help="concurrent clients per level")
@@ -231,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-after", type=float, default=2.0, help="seconds into the crash run before kill -9")
     p.add_argument("--no-crash", action="store_true")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument(
+        "--label-studio",
+        type=Path,
+        metavar="VENV",
+        help="also drive Label Studio from this venv (`make label-studio-venv`) at the same levels",
+    )
+    p.add_argument("--ls-tasks", type=int, default=5000, help="tasks imported into Label Studio")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -241,28 +340,20 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
     }
+    levels = [int(x) for x in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-feedback-") as tmp:
+        if args.label_studio:  # first: a broken Label Studio venv fails the run before the long part
+            results["label_studio"] = label_studio_run(
+                args.label_studio, Path(tmp) / "label-studio", levels, args.seconds, args.ls_tasks
+            )
         port = free_port()
         proc = start_server(Path(tmp) / "load.db", port, args.synchronous)
         try:
             ids = publish(f"http://{HOST}:{port}", 20_000, round_=0)
-            asyncio.run(run_load(port, 4, 1.0, ids, "warmup"))
-            for n in (int(x) for x in args.levels.split(",")):
-                r = measured(proc, port, n, args.seconds, ids, f"L{n}")
-                logger.info(
-                    "%3d clients: %8.1f labels/s  p50 %6.2f ms  p99 %6.2f ms  (%d requests, %d errors, "
-                    "server CPU %.3f ms/request)",
-                    n,
-                    r["labels_per_s"],
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["requests"],
-                    r["errors"],
-                    r["server_cpu_ms_per_request"],
-                )
-                results["levels"].append(r)
+            asyncio.run(run_load(ours(port), 4, 1.0, ids, "warmup"))
+            results["levels"] = run_levels(proc, ours(port), levels, args.seconds, ids)
             if args.batch:
-                r = measured(proc, port, 8, args.seconds, ids, "B", batch=args.batch)
+                r = measured(proc, ours(port), 8, args.seconds, ids, "B", batch=args.batch)
                 logger.info(
                     "  8 clients, batches of %d: %8.1f labels/s  p50 %6.2f ms  p99 %6.2f ms",
                     args.batch,
@@ -284,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                 c["lost"],
             )
             results["crash"] = c
+    if args.label_studio:
+        results["comparison"] = ls.compare(results["levels"], results["label_studio"]["levels"])
+        logger.info("%s", ls.table(results))
     results["loadavg_end"] = os.getloadavg()
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
