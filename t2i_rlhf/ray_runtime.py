@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env
+from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env, worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +36,4 @@ def init_ray(min_cpus: int = 1) -> None:
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()},
                           "worker_process_setup_hook": WORKER_SETUP_HOOK})
+    worker_setup()  # the driver runs Ray Data too (re-scoring): the same quiet as its workers
