@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 # what a local instance's workers need: no hub, and one BLAS thread each (the actors and the
 # training workers set their own torch thread counts); library_env() adds the driver's log settings.
 # Ray Train's preemption watcher polls for nodes being drained, which a one-machine instance never
-# is; stopping it at the end of every fit logged a "Failed to kill actor" error to the console.
+# is; it is one more actor started and killed with every fit.
 LOCAL_ENV_VARS = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 

@@ -54,10 +54,9 @@ class PretrainConfig:
     # 0.2). With a text encoder that reads counts, that noise is what keeps the base's counting
     # SD-like (below 50%) while the count word still predicts the count: P(n | "n") = 1 - p.
     unet_count_wrong_p: float = 0.4
-    # How often a UNet caption names the count at all (CLIP's: CaptionPolicy's 0.45). LAION-like
-    # captions seldom count, but mostly rightly when they do: a rare count word that is reliable
-    # teaches the UNet a count it can apply to every shape, where a frequent wrong one teaches the
-    # noise (docs/experiments.md, 2026-12-02).
+    # How often a UNet caption names the count at all (CLIP's: CaptionPolicy's 0.45). A rarer but
+    # more reliable count word (0.3, wrong 0.15) made a from-scratch UNet read the word more, but
+    # count no better and learn no more from perfect data (docs/experiments.md, 2026-12-02).
     unet_count_p: float = 0.45
     unet_init: Path | None = None  # a pipeline directory to warm-start the UNet (and take the VAE) from
     batch: int = 64
