@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env, worker_setup
+from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env, quiet, worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,15 @@ def init_ray(min_cpus: int = 1) -> None:
     log.info("starting a local Ray instance with %d logical CPUs", cpus)
     # The dashboard serves the State API, which Ray Train's placement-group cleaner polls (without
     # it, every training run logs "Failed to query Ray Train Controller actor state"); 127.0.0.1.
-    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()},
-                          "worker_process_setup_hook": WORKER_SETUP_HOOK})
+    # Where library chatter is off, the workers' output and Ray's own (raylet's "N PYTHON worker
+    # processes have been started", core_worker.cc's notes on actor restarts, the GCS's "Failed to
+    # kill actor" as a training group stops) stays in the session's log files; errors that Ray
+    # pushes to the driver (a worker that died, a task that failed) still reach the console.
+    to_console = not quiet()
+    context = ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       log_to_driver=to_console,
+                       runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()},
+                                    "worker_process_setup_hook": WORKER_SETUP_HOOK})
+    if not to_console:
+        log.info("Ray workers' logs: %s/logs (-v shows them here)", context.address_info.get("session_dir", "the Ray session directory"))
     worker_setup()  # the driver runs Ray Data too (re-scoring): the same quiet as its workers

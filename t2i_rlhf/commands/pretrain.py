@@ -22,21 +22,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how often a UNet caption's count word is wrong (0.4)")
     p.add_argument("--unet-count-p", type=float, default=None,
                    help="how often a UNet caption names the count at all (0.45)")
+    p.add_argument("--unet-layout", choices=("slots", "scatter"), default=None,
+                   help="how the UNet's images place their objects (slots; shapes/render.py)")
     p.add_argument("--unet-init", type=Path, default=None,
                    help="warm-start the UNet stage from this pipeline directory's UNet and VAE")
     p.add_argument("--unet-bf16", action="store_true", default=None,
                    help="bf16 autocast in the UNet stage (1.4x faster on CPUs with AVX512-BF16)")
+    p.add_argument("--snapshot", type=Path, default=None, metavar="DIR",
+                   help="train nothing: write the UNet stage's latest EMA weights (fp16) as a pipeline at DIR, "
+                        "to probe it or to commit so that --unet-init DIR continues on another machine")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2i_rlhf.models.pretrain import PretrainConfig, pretrain
+    from t2i_rlhf.models.pretrain import PretrainConfig, pretrain, snapshot_unet
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
-    names = ("out", "work", "unet_count_wrong_p", "unet_count_p", "unet_init", "unet_bf16", *NUMBERS)
+    names = ("out", "work", "unet_count_wrong_p", "unet_count_p", "unet_layout", "unet_init", "unet_bf16", *NUMBERS)
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.snapshot is not None:
+        snapshot_unet(PretrainConfig(**given), args.snapshot)
+        return 0
     pretrain(PretrainConfig(**given), stages)
     return 0

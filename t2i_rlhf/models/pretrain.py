@@ -58,6 +58,10 @@ class PretrainConfig:
     # more reliable count word (0.3, wrong 0.15) made a from-scratch UNet read the word more, but
     # count no better and learn no more from perfect data (docs/experiments.md, 2026-12-02).
     unet_count_p: float = 0.45
+    # How the UNet's images place their objects (shapes/render.py LAYOUTS). "slots" gives the count
+    # word one arrangement for every shape; the shipped base learnt from "scatter" (2026-12-02: a
+    # slots base is being trained and is not yet judged).
+    unet_layout: str = "slots"
     unet_init: Path | None = None  # a pipeline directory to warm-start the UNet (and take the VAE) from
     batch: int = 64
     # bf16 autocast for the UNet stage's forward pass: 1.4x the steps per second on CPUs with
@@ -67,7 +71,12 @@ class PretrainConfig:
     threads: int = 2
 
 
-def examples(first_seed: int, n: int, policy: CaptionPolicy = CaptionPolicy()) -> list[dict]:
+# The VAE and shapes-CLIP learn from scattered objects, a superset of the slots the UNet learns
+# from (shapes/render.py): the shipped VAE and CLIP predate the slots, and `pretrain` reproduces them.
+SCATTER = CaptionPolicy(layout="scatter")
+
+
+def examples(first_seed: int, n: int, policy: CaptionPolicy = SCATTER) -> list[dict]:
     return [make_example(first_seed + i, policy) for i in range(n)]
 
 
@@ -308,15 +317,17 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
 
     torch.manual_seed(cfg.seed)
     if cfg.unet_init is not None:
-        vae = AutoencoderKL.from_pretrained(cfg.unet_init / "vae").eval()
-        unet = UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet")
+        # float32 whatever the directory holds: a snapshot (snapshot_unet) is fp16
+        vae = AutoencoderKL.from_pretrained(cfg.unet_init / "vae", torch_dtype=torch.float32).eval()
+        unet = UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", torch_dtype=torch.float32)
     else:
         vae = AutoencoderKL.from_pretrained(cfg.work / "vae").eval()
         unet = arch.make_unet()
     tokenizer, text_encoder = frozen_text_encoder(cfg.out / "shapes-clip")
-    policy = CaptionPolicy(count_p=cfg.unet_count_p, count_wrong_p=cfg.unet_count_wrong_p)
+    policy = CaptionPolicy(count_p=cfg.unet_count_p, count_wrong_p=cfg.unet_count_wrong_p,
+                           layout=cfg.unet_layout)
     cache = cfg.work / (f"latents-{cfg.unet_examples}-count{policy.count_p:g}"
-                        f"-wrong{policy.count_wrong_p:g}.pt")  # a resume skips encoding
+                        f"-wrong{policy.count_wrong_p:g}-{policy.layout}.pt")  # a resume skips encoding
     if cache.exists():
         latents, captions = torch.load(cache, weights_only=False)
     else:
@@ -361,12 +372,40 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
         run_steps(phase.name, ckpt, phase.steps, step_fn)  # restores a finished phase's state
     ema.copy_to(params)
     out = cfg.out / "shapes-sd"
-    pipe = StableDiffusionPipeline(
+    _pipeline(vae, text_encoder, tokenizer, unet, phases[-1].zero_snr).save_pretrained(out)
+    return out
+
+
+def _pipeline(vae, text_encoder, tokenizer, unet, zero_snr: bool) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=arch.make_sample_scheduler(phases[-1].zero_snr), safety_checker=None,
+        scheduler=arch.make_sample_scheduler(zero_snr), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
+
+
+def snapshot_unet(cfg: PretrainConfig, out: Path) -> Path:
+    """The UNet stage's latest averaged (EMA) weights, in fp16, as a pipeline at `out`, without
+    training. A pre-training that outlives a session commits this: `--unet-init out` continues
+    from it on a fresh machine (fp16 weights are enough to go on from; the optimiser state and
+    the exact step are lost), and `probe_count_seed.py out` judges it half-way."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    done = [ph for ph in unet_phases(cfg) if (cfg.work / f"{ph.name}.pt").exists()]
+    if not done:
+        raise FileNotFoundError(f"no UNet checkpoint under {cfg.work}")
+    phase = done[-1]
+    unet = (UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", torch_dtype=torch.float32)
+            if cfg.unet_init else arch.make_unet())
+    vae = AutoencoderKL.from_pretrained((cfg.unet_init or cfg.work) / "vae", torch_dtype=torch.float32).eval()
+    ema = EMAModel(list(unet.parameters()), decay=0.999)
+    state = torch.load(cfg.work / f"{phase.name}.pt", map_location="cpu", weights_only=False)
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(unet.parameters())
+    tokenizer, text_encoder = frozen_text_encoder(cfg.out / "shapes-clip")
+    pipe = _pipeline(vae, text_encoder, tokenizer, unet, phase.zero_snr).to(torch.float16)
     pipe.save_pretrained(out)
+    log.info("snapshot of %s at step %d (EMA, fp16) in %s", phase.name, state["step"], out)
     return out
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from t2i_rlhf.samples import png_bytes
 from t2i_rlhf.shapes.prompts import format_caption
-from t2i_rlhf.shapes.render import render_attributes
+from t2i_rlhf.shapes.render import LAYOUT, render_attributes
 from t2i_rlhf.shapes.vocab import COLOURS, COUNT_WORDS, PLURALS, SCENES, SHAPES
 
 _COUNT_OF = {word: n for n, word in COUNT_WORDS.items()}
@@ -35,6 +35,7 @@ class CaptionPolicy:
     colour_wrong_p: float = 0.05
     scene_p: float = 0.7
     scene_wrong_p: float = 0.05
+    layout: str = LAYOUT  # how the images place their objects (render.LAYOUTS)
 
 
 PRETRAIN_SCHEMA = pa.schema(
@@ -61,7 +62,7 @@ def make_example(seed: int, policy: CaptionPolicy = CaptionPolicy()) -> dict:
     colour = str(rng.choice(list(COLOURS)))
     shape = str(rng.choice(list(SHAPES)))
     scene = str(rng.choice(list(SCENES)))
-    image = render_attributes(shape, n, colour, scene, seed)
+    image = render_attributes(shape, n, colour, scene, seed, layout=policy.layout)
 
     say_count = rng.random() < policy.count_p
     cap_n = n

@@ -1,4 +1,20 @@
-"""Renderer: attributes + seed -> a 32x32 RGB image that follows DESIGN.md exactly."""
+"""Renderer: attributes + seed -> a 32x32 RGB image that follows DESIGN.md exactly.
+
+Two layouts place the objects:
+  - "scatter": anywhere, uniformly, without touching. The shipped base, its VAE and shapes-CLIP
+    learnt from it, and it is the world's layout (LAYOUT) while that base is shipped;
+  - "slots": n objects sit in one of a few arrangements of n slots (one: the centre; two: side by
+    side or one above the other; three: a triangle, apex up or down; four: a 2x2 grid), each slot
+    jittered by a few pixels, sizes drawn at random. `t2i-rlhf pretrain` trains the UNet on it.
+
+Why slots: with scattered objects, the tiny UNets this project can train on two cores let the
+initial noise decide how many objects appear (42% of the drawn count's variance follows the seed,
+25% the prompt: benchmarks/probe_count_seed.py), and perfect data taught counting pair by pair,
+never the count word (docs/experiments.md). A count that fixes the arrangement gives the count
+word one spatial meaning shared by every shape, as "two dogs" is shared by every breed, so that
+fine-tuning on "three squares" may teach "three circles". Real photographs do not come in slots;
+SD learns that sharing from scale, which a 2-core miniature does not have.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +26,18 @@ from t2i_rlhf.shapes.vocab import COLOURS, IMAGE_SIZE, SCENES, SHAPES
 # Object bounding-box side in pixels, by how many objects share the image.
 SIZE_RANGE = {1: (8, 12), 2: (7, 10), 3: (7, 9), 4: (6, 8)}
 GAP = 2  # minimum free pixels between two objects' bounding boxes, and to the border (1)
+
+LAYOUTS = ("slots", "scatter")
+LAYOUT = "scatter"  # the world's: what render() draws, for evaluation and fine-tuning data
+_LO, _MID, _HI = 0.27, 0.5, 0.73
+# Slot centres as (row, column) fractions of the image side; one arrangement is drawn per image.
+ARRANGEMENTS: dict[int, tuple[tuple[tuple[float, float], ...], ...]] = {
+    1: (((_MID, _MID),),),
+    2: (((_MID, _LO), (_MID, _HI)), ((_LO, _MID), (_HI, _MID))),
+    3: (((_LO, _MID), (_HI, _LO), (_HI, _HI)), ((_LO, _LO), (_LO, _HI), (_HI, _MID))),
+    4: (((_LO, _LO), (_LO, _HI), (_HI, _LO), (_HI, _HI)),),
+}
+SLOT_JITTER = 2  # pixels a slot's centre may move either way, along each axis
 
 
 def shape_mask(shape: str, size: int) -> np.ndarray:
@@ -26,15 +54,14 @@ def shape_mask(shape: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_attributes(
-    shape: str, n_objects: int, colour: str, scene: str, seed: int, size: int = IMAGE_SIZE
-) -> np.ndarray:
-    """Draw `n_objects` non-touching shapes of one colour on a flat scene colour."""
-    if shape not in SHAPES or colour not in COLOURS or scene not in SCENES:
-        raise ValueError(f"unknown attributes {(shape, colour, scene)}")
-    rng = np.random.default_rng(seed)
-    img = np.empty((size, size, 3), dtype=np.uint8)
-    img[:] = SCENES[scene]
+def _apart(boxes: list[tuple[int, int, int]], y: int, x: int, s: int) -> bool:
+    return all(
+        y + s + GAP <= by or by + bs + GAP <= y or x + s + GAP <= bx or bx + bs + GAP <= x
+        for by, bx, bs in boxes
+    )
+
+
+def _scatter_boxes(n_objects: int, size: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
     lo, hi = SIZE_RANGE[n_objects]
     boxes: list[tuple[int, int, int]] = []
     while len(boxes) < n_objects:
@@ -42,15 +69,48 @@ def render_attributes(
         for _ in range(200):
             s = int(rng.integers(lo, hi + 1))
             y, x = (int(v) for v in rng.integers(1, size - s, size=2))
-            if all(
-                y + s + GAP <= by or by + bs + GAP <= y or x + s + GAP <= bx or bx + bs + GAP <= x
-                for by, bx, bs in boxes
-            ):
+            if _apart(boxes, y, x, s):
                 boxes.append((y, x, s))
                 if len(boxes) == n_objects:
                     break
         hi = max(lo, hi - 1)  # crowded: retry with smaller objects
-    for y, x, s in boxes:
+    return boxes
+
+
+def _slot_boxes(n_objects: int, size: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    lo, hi = SIZE_RANGE[n_objects]
+    arrangements = ARRANGEMENTS[n_objects]
+    slots = arrangements[int(rng.integers(len(arrangements)))]
+    jitter = SLOT_JITTER
+    while True:
+        boxes: list[tuple[int, int, int]] = []
+        for fy, fx in slots:
+            s = int(rng.integers(lo, hi + 1))
+            dy, dx = (int(v) for v in rng.integers(-jitter, jitter + 1, size=2))
+            y = min(max(round(fy * size - s / 2) + dy, 1), size - 1 - s)
+            x = min(max(round(fx * size - s / 2) + dx, 1), size - 1 - s)
+            if not _apart(boxes, y, x, s):
+                break
+            boxes.append((y, x, s))
+        if len(boxes) == n_objects:
+            return boxes
+        jitter = max(0, jitter - 1)  # too close: retry nearer the slot centres
+
+
+def render_attributes(
+    shape: str, n_objects: int, colour: str, scene: str, seed: int, size: int = IMAGE_SIZE,
+    layout: str = LAYOUT,
+) -> np.ndarray:
+    """Draw `n_objects` non-touching shapes of one colour on a flat scene colour."""
+    if shape not in SHAPES or colour not in COLOURS or scene not in SCENES or layout not in LAYOUTS:
+        raise ValueError(f"unknown attributes {(shape, colour, scene, layout)}")
+    if n_objects not in SIZE_RANGE:
+        raise ValueError(f"n_objects must be 1-4, got {n_objects}")
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), dtype=np.uint8)
+    img[:] = SCENES[scene]
+    place = _slot_boxes if layout == "slots" else _scatter_boxes
+    for y, x, s in place(n_objects, size, rng):
         img[y : y + s, x : x + s][shape_mask(shape, s)] = COLOURS[colour]
     return img
 

@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline
 from transformers import CLIPModel
 
 from t2i_rlhf.evaluation import generate
-from t2i_rlhf.models.pretrain import PretrainConfig, pretrain_unet
+from t2i_rlhf.models.pretrain import PretrainConfig, pretrain_unet, snapshot_unet
 
 
 def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_model_dir, clip_model_dir,
@@ -48,6 +48,12 @@ def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_mo
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.load(work / "unet-vsnr.pt", weights_only=False)["step"] == 2
 
+    # A snapshot is the same weights in fp16, a pipeline that a fresh machine continues from.
+    snap = snapshot_unet(cfg, tmp_path / "snapshot")
+    half = StableDiffusionPipeline.from_pretrained(snap, local_files_only=True, torch_dtype=torch.float32)
+    assert half.scheduler.config.prediction_type == "v_prediction"
+    assert all(torch.equal(before[k].half().float(), v) for k, v in half.unet.state_dict().items())
+
 
 def test_unet_stage_warm_starts_from_a_pipeline(sd_model_dir, clip_model_dir, tmp_path):
     """`--unet-init`: the stage starts from that pipeline's UNet and takes its VAE (no VAE stage),
@@ -57,7 +63,7 @@ def test_unet_stage_warm_starts_from_a_pipeline(sd_model_dir, clip_model_dir, tm
     cfg = PretrainConfig(out=out, work=tmp_path / "work", unet_steps=0, unet_vsnr_steps=2, unet_examples=8,
                          batch=4, threads=1, unet_init=sd_model_dir, unet_count_wrong_p=0.5, unet_count_p=0.3)
     pretrain_unet(cfg)
-    assert (cfg.work / "latents-8-count0.3-wrong0.5.pt").exists() and not (cfg.work / "unet.pt").exists()
+    assert (cfg.work / "latents-8-count0.3-wrong0.5-slots.pt").exists() and not (cfg.work / "unet.pt").exists()
     init = StableDiffusionPipeline.from_pretrained(sd_model_dir, local_files_only=True)
     made = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", local_files_only=True)
     assert all(torch.equal(v, made.vae.state_dict()[k]) for k, v in init.vae.state_dict().items())
