@@ -186,12 +186,13 @@ def test_slots_place_each_count_in_one_of_its_arrangements():
     for seed in range(60):
         for n in (1, 2, 3, 4):
             shape = SHAPES[seed % 3]
-            img = render_attributes(shape, n, "red", "sea", seed)
+            img = render_attributes(shape, n, "red", "sea", seed, layout="slots")
             labels, found = ndimage.label((img == COLOURS["red"]).all(-1), structure=np.ones((3, 3)))
             assert found == n
-            centres = [np.mean(np.nonzero(labels == k), axis=1) for k in range(1, n + 1)]
+            boxes = ndimage.find_objects(labels)
+            centres = [np.array([(b.start + b.stop) / 2 for b in box]) for box in boxes]
             near = [
-                all(min(np.abs(c - np.array(slot) * 32).max() for slot in slots) <= SLOT_JITTER + 1.5
+                all(min(np.abs(c - np.array(slot) * 32).max() for slot in slots) <= SLOT_JITTER + 1
                     for c in centres)
                 for slots in ARRANGEMENTS[n]
             ]
