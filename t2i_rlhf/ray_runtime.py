@@ -43,5 +43,6 @@ def init_ray(min_cpus: int = 1) -> None:
                        runtime_env={"env_vars": {**LOCAL_ENV_VARS, **library_env()},
                                     "worker_process_setup_hook": WORKER_SETUP_HOOK})
     if not to_console:
-        log.info("Ray workers' logs: %s/logs (-v shows them here)", context.address_info.get("session_dir", "the Ray session directory"))
+        session = context.address_info.get("session_dir", "the Ray session directory")
+        log.info("Ray workers' logs: %s/logs (-v shows them here)", session)
     worker_setup()  # the driver runs Ray Data too (re-scoring): the same quiet as its workers
