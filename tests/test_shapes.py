@@ -181,7 +181,7 @@ def test_pretrain_parquet_roundtrip(tmp_path):
 
 
 def test_slots_place_each_count_in_one_of_its_arrangements():
-    """The world's layout: every object sits within the jitter (plus rounding) of a slot of one
+    """The slots layout: every object sits within the jitter (plus rounding) of a slot of one
     arrangement for its count, whatever the shape, so the count word has one spatial meaning."""
     for seed in range(60):
         for n in (1, 2, 3, 4):

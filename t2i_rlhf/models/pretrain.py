@@ -59,8 +59,8 @@ class PretrainConfig:
     # count no better and learn no more from perfect data (docs/experiments.md, 2026-12-02).
     unet_count_p: float = 0.45
     # How the UNet's images place their objects (shapes/render.py LAYOUTS). "slots" gives the count
-    # word one arrangement for every shape; the shipped base learnt from "scatter" (2026-12-02: a
-    # slots base is being trained and is not yet judged).
+    # word one arrangement for every shape; the shipped base learnt from "scatter". A slots candidate
+    # (models/snapshots/shapes-sd-slots, 2026-12-02) is not yet judged by the ceiling.
     unet_layout: str = "slots"
     unet_init: Path | None = None  # a pipeline directory to warm-start the UNet (and take the VAE) from
     batch: int = 64
@@ -312,17 +312,20 @@ def unet_phases(cfg: PretrainConfig) -> tuple[UnetPhase, ...]:
     )
 
 
-def pretrain_unet(cfg: PretrainConfig) -> Path:
+def initial_vae_and_unet(cfg: PretrainConfig) -> tuple:
+    """The UNet stage's VAE and starting UNet: `unet_init`'s, else the VAE stage's and a fresh
+    UNet. float32 whatever the directory holds: a snapshot (snapshot_unet) is fp16."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    vae = AutoencoderKL.from_pretrained((cfg.unet_init or cfg.work) / "vae", torch_dtype=torch.float32).eval()
+    if cfg.unet_init is None:
+        return vae, arch.make_unet()
+    return vae, UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", torch_dtype=torch.float32)
+
+
+def pretrain_unet(cfg: PretrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
-    if cfg.unet_init is not None:
-        # float32 whatever the directory holds: a snapshot (snapshot_unet) is fp16
-        vae = AutoencoderKL.from_pretrained(cfg.unet_init / "vae", torch_dtype=torch.float32).eval()
-        unet = UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", torch_dtype=torch.float32)
-    else:
-        vae = AutoencoderKL.from_pretrained(cfg.work / "vae").eval()
-        unet = arch.make_unet()
+    vae, unet = initial_vae_and_unet(cfg)
     tokenizer, text_encoder = frozen_text_encoder(cfg.out / "shapes-clip")
     policy = CaptionPolicy(count_p=cfg.unet_count_p, count_wrong_p=cfg.unet_count_wrong_p,
                            layout=cfg.unet_layout)
@@ -389,15 +392,11 @@ def snapshot_unet(cfg: PretrainConfig, out: Path) -> Path:
     training. A pre-training that outlives a session commits this: `--unet-init out` continues
     from it on a fresh machine (fp16 weights are enough to go on from; the optimiser state and
     the exact step are lost), and `probe_count_seed.py out` judges it half-way."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     done = [ph for ph in unet_phases(cfg) if (cfg.work / f"{ph.name}.pt").exists()]
     if not done:
         raise FileNotFoundError(f"no UNet checkpoint under {cfg.work}")
     phase = done[-1]
-    unet = (UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", torch_dtype=torch.float32)
-            if cfg.unet_init else arch.make_unet())
-    vae = AutoencoderKL.from_pretrained((cfg.unet_init or cfg.work) / "vae", torch_dtype=torch.float32).eval()
+    vae, unet = initial_vae_and_unet(cfg)
     ema = EMAModel(list(unet.parameters()), decay=0.999)
     state = torch.load(cfg.work / f"{phase.name}.pt", map_location="cpu", weights_only=False)
     ema.load_state_dict(state["ema"])

@@ -7,13 +7,12 @@ Two layouts place the objects:
     side or one above the other; three: a triangle, apex up or down; four: a 2x2 grid), each slot
     jittered by a few pixels, sizes drawn at random. `t2i-rlhf pretrain` trains the UNet on it.
 
-Why slots: with scattered objects, the tiny UNets this project can train on two cores let the
-initial noise decide how many objects appear (42% of the drawn count's variance follows the seed,
-25% the prompt: benchmarks/probe_count_seed.py), and perfect data taught counting pair by pair,
-never the count word (docs/experiments.md). A count that fixes the arrangement gives the count
-word one spatial meaning shared by every shape, as "two dogs" is shared by every breed, so that
-fine-tuning on "three squares" may teach "three circles". Real photographs do not come in slots;
-SD learns that sharing from scale, which a 2-core miniature does not have.
+Why slots: with scattered objects, perfect data taught the tiny UNets this project can train on
+two cores to count pair by pair, never the count word: "three squares" improved, "three circles"
+did not (docs/experiments.md). A count that fixes the arrangement gives the count word one
+spatial meaning shared by every shape, as "two dogs" is shared by every breed, so that fine-tuning
+on "three squares" may teach "three circles" (a hypothesis, not yet measured). Real photographs do
+not come in slots; SD learns that sharing from scale, which a 2-core miniature does not have.
 """
 
 from __future__ import annotations
