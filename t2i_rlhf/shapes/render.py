@@ -3,9 +3,9 @@
 Two layouts place the objects:
   - "scatter": anywhere, uniformly, without touching. The shipped base, its VAE and shapes-CLIP
     learnt from it, and it is the world's layout (LAYOUT) while that base is shipped;
-  - "slots": n objects sit in one of a few arrangements of n slots (one: the centre; two: side by
-    side or one above the other; three: a triangle, apex up or down; four: a 2x2 grid), each slot
-    jittered by a few pixels, sizes drawn at random. `t2i-rlhf pretrain` trains the UNet on it.
+  - "slots": n objects sit in the one arrangement of n slots (one: the centre; two: side by side;
+    three: a triangle, apex up; four: a 2x2 grid), each slot jittered by a few pixels, sizes drawn
+    at random and larger than scattered ones. `t2i-rlhf pretrain` trains the UNet on it.
 
 Why slots: with scattered objects, perfect data taught the tiny UNets this project can train on
 two cores to count pair by pair, never the count word: "three squares" improved, "three circles"
@@ -28,14 +28,20 @@ GAP = 2  # minimum free pixels between two objects' bounding boxes, and to the b
 
 LAYOUTS = ("slots", "scatter")
 LAYOUT = "scatter"  # the world's: what render() draws, for evaluation and fine-tuning data
-_LO, _MID, _HI = 0.27, 0.5, 0.73
-# Slot centres as (row, column) fractions of the image side; one arrangement is drawn per image.
-ARRANGEMENTS: dict[int, tuple[tuple[tuple[float, float], ...], ...]] = {
-    1: (((_MID, _MID),),),
-    2: (((_MID, _LO), (_MID, _HI)), ((_LO, _MID), (_HI, _MID))),
-    3: (((_LO, _MID), (_HI, _LO), (_HI, _HI)), ((_LO, _LO), (_LO, _HI), (_HI, _MID))),
-    4: (((_LO, _LO), (_LO, _HI), (_HI, _LO), (_HI, _HI)),),
+_LO, _MID, _HI = 0.25, 0.5, 0.75
+# One arrangement per count, as slot centres in (row, column) fractions of the image side: the
+# count word then names one layout for every shape. Two arrangements for a count (a pair side by
+# side or stacked; a triangle apex up or down) were blended by the model into the union of their
+# slots, three drawn as four (docs/experiments.md, 2026-12-02, late).
+ARRANGEMENTS: dict[int, tuple[tuple[float, float], ...]] = {
+    1: ((_MID, _MID),),
+    2: ((_MID, _LO), (_MID, _HI)),
+    3: ((_LO, _MID), (_HI, _LO), (_HI, _HI)),
+    4: ((_LO, _LO), (_LO, _HI), (_HI, _LO), (_HI, _HI)),
 }
+# Slots leave room for larger objects than scattering does: at 6-8 px a square whose corners the
+# model softens by a pixel fills < 0.9 of its box and is judged a circle.
+SLOT_SIZE_RANGE = {1: (11, 14), 2: (10, 12), 3: (9, 11), 4: (8, 10)}
 SLOT_JITTER = 2  # pixels a slot's centre may move either way, along each axis
 
 
@@ -77,9 +83,8 @@ def _scatter_boxes(n_objects: int, size: int, rng: np.random.Generator) -> list[
 
 
 def _slot_boxes(n_objects: int, size: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    lo, hi = SIZE_RANGE[n_objects]
-    arrangements = ARRANGEMENTS[n_objects]
-    slots = arrangements[int(rng.integers(len(arrangements)))]
+    lo, hi = SLOT_SIZE_RANGE[n_objects]
+    slots = ARRANGEMENTS[n_objects]
     jitter = SLOT_JITTER
     while True:
         boxes: list[tuple[int, int, int]] = []
