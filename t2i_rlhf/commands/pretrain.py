@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in NUMBERS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     p.add_argument("--unet-count-wrong-p", type=float, default=None,
-                   help="how often a UNet caption's count word is wrong (0.4)")
+                   help="how often a UNet caption's count word is wrong (0.5)")
     p.add_argument("--unet-count-p", type=float, default=None,
                    help="how often a UNet caption names the count at all (0.45)")
     p.add_argument("--unet-layout", choices=("slots", "scatter"), default=None,

@@ -53,14 +53,13 @@ class PretrainConfig:
     # The UNet's captions name a wrong count this often when they name one (CLIP's: CaptionPolicy's
     # 0.2). With a text encoder that reads counts, that noise is what keeps the base's counting
     # SD-like (below 50%) while the count word still predicts the count: P(n | "n") = 1 - p.
-    unet_count_wrong_p: float = 0.4
+    unet_count_wrong_p: float = 0.5
     # How often a UNet caption names the count at all (CLIP's: CaptionPolicy's 0.45). A rarer but
     # more reliable count word (0.3, wrong 0.15) made a from-scratch UNet read the word more, but
     # count no better and learn no more from perfect data (docs/experiments.md, 2026-12-02).
     unet_count_p: float = 0.45
     # How the UNet's images place their objects (shapes/render.py LAYOUTS). "slots" gives the count
-    # word one arrangement for every shape; the shipped base learnt from "scatter". A slots candidate
-    # (models/snapshots/shapes-sd-slots, 2026-12-02) is not yet judged by the ceiling.
+    # word one arrangement for every shape, which fine-tuning then teaches across shapes.
     unet_layout: str = "slots"
     unet_init: Path | None = None  # a pipeline directory to warm-start the UNet (and take the VAE) from
     batch: int = 64
