@@ -14,6 +14,7 @@ of the persisted global step, which is what makes a resume neither repeat nor sk
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -78,28 +79,29 @@ def _fingerprint(files: list[Path], vae_dir: Path) -> str:
     return files_fingerprint([*named, *vae])[:16]
 
 
-class VaeEncoder:
-    """Ray Data callable class: PNG images -> scaled VAE latents (mode of the posterior, as the
-    base model's pre-training used), flattened in SAMPLE_SCHEMA's layout."""
+@functools.lru_cache(maxsize=1)
+def _frozen_vae(vae_dir: str):
+    from diffusers import AutoencoderKL
 
-    def __init__(self, vae_dir: str, threads: int = 1) -> None:
-        from diffusers import AutoencoderKL
+    return AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
 
-        torch.set_num_threads(threads)
-        self.vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from t2i_rlhf.diffusion.latents import encode_images  # no_grad inside
-        from t2i_rlhf.samples import decode_png
+def encode_batch(batch: pa.Table, vae_dir: str) -> pa.Table:
+    """Ray Data task: PNG images -> scaled VAE latents (mode of the posterior, as the base model's
+    pre-training used), flattened in SAMPLE_SCHEMA's layout. A task, not an actor: the VAE is
+    small enough to load once per worker process (cached), and a task is retried where it failed
+    without the actor-restart caveats of constructor arguments held in the object store."""
+    from t2i_rlhf.diffusion.latents import encode_images  # no_grad inside
+    from t2i_rlhf.samples import decode_png
 
-        images = [decode_png(b) for b in batch.column("image").to_pylist()]
-        lat = encode_images(self.vae, images).float().numpy()
-        shape = list(lat.shape[1:])
-        return pa.table({
-            "latents": pa.array(list(lat.reshape(len(lat), -1)), type=pa.list_(pa.float32())),
-            "latent_shape": pa.array([shape] * len(lat), type=pa.list_(pa.int32())),
-            "caption": batch.column("caption"),
-        })
+    images = [decode_png(b) for b in batch.column("image").to_pylist()]
+    lat = encode_images(_frozen_vae(vae_dir), images).float().numpy()
+    shape = list(lat.shape[1:])
+    return pa.table({
+        "latents": pa.array(list(lat.reshape(len(lat), -1)), type=pa.list_(pa.float32())),
+        "latent_shape": pa.array([shape] * len(lat), type=pa.list_(pa.int32())),
+        "caption": batch.column("caption"),
+    })
 
 
 def pretrain_latent_files(pretrain_data: str | Path | list, pipeline_dir: Path, cache_root: Path,
@@ -118,8 +120,8 @@ def pretrain_latent_files(pretrain_data: str | Path | list, pipeline_dir: Path, 
     log.info("encoding %d pre-training files with the frozen VAE into %s (once)", len(files), out)
     tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     ds = ray.data.read_parquet([str(f) for f in files], columns=["image", "caption"])
-    ds = ds.map_batches(VaeEncoder, fn_constructor_kwargs={"vae_dir": str(vae_dir)}, batch_size=batch_size,
-                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    ds = ds.map_batches(encode_batch, fn_kwargs={"vae_dir": str(vae_dir)}, batch_size=batch_size,
+                        batch_format="pyarrow", num_cpus=1)
     ds.write_parquet(str(tmp))
     (tmp / "_SUCCESS").write_text(json.dumps({"inputs": [str(f) for f in files], "vae": str(vae_dir)}))
     if out.exists():  # another process finished first; theirs is as good as ours
