@@ -130,7 +130,7 @@ def fill_unnamed(prompt: Prompt, seed: int) -> tuple[str, str]:
     return colour, scene
 
 
-def render(prompt: Prompt, seed: int) -> np.ndarray:
+def render(prompt: Prompt, seed: int, layout: str = LAYOUT) -> np.ndarray:
     """An image that matches `prompt` (unnamed colour/scene chosen by the seed)."""
     colour, scene = fill_unnamed(prompt, seed)
-    return render_attributes(prompt.shape, prompt.n_objects, colour, scene, seed)
+    return render_attributes(prompt.shape, prompt.n_objects, colour, scene, seed, layout=layout)
