@@ -25,7 +25,7 @@ import numpy as np
 from t2i_rlhf.shapes.prompts import Prompt
 from t2i_rlhf.shapes.vocab import COLOURS, IMAGE_SIZE, SCENES, SHAPES
 
-# Object bounding-box side in pixels, by how many objects share the image.
+# Scattered objects' bounding-box side in pixels, by how many share the image (slots: SLOT_SIZE_RANGE).
 SIZE_RANGE = {1: (8, 12), 2: (7, 10), 3: (7, 9), 4: (6, 8)}
 GAP = 2  # minimum free pixels between two objects' bounding boxes, and to the border (1)
 
