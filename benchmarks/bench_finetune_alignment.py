@@ -30,7 +30,7 @@ from t2i_rlhf.diffusion.latents import decode_latents, encode_images
 from t2i_rlhf.evaluation import evaluate_model, load_pipeline
 from t2i_rlhf.samples import SAMPLE_SCHEMA, png_bytes
 from t2i_rlhf.shapes import judge, sample_prompts
-from t2i_rlhf.shapes.captions import write_pretrain_parquet
+from t2i_rlhf.shapes.captions import load_policy, write_pretrain_parquet
 from t2i_rlhf.shapes.prompts import Prompt
 from t2i_rlhf.shapes.render import render
 from t2i_rlhf.training.finetune.config import FinetuneConfig
@@ -141,9 +141,10 @@ def main() -> None:
     else:
         samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps,
                                  args.sample_guidance or args.guidance)
-    pretrain = out / "pretrain"
+    policy = load_policy(model)  # the base's own pre-training captions, as the run's β term
+    pretrain = out / f"pretrain-{policy.count_p:g}-{policy.count_wrong_p:g}-{policy.layout}"
     if not pretrain.exists():
-        write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000)
+        write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000, policy=policy)
 
     models = {} if args.skip_base else {"base": model}
     for beta in (args.beta,) if args.only_beta else (0.0, args.beta):

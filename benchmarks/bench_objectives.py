@@ -40,7 +40,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,7 @@ from objectives_rewards import model_rewards
 
 from t2i_rlhf.evaluation import EvalResult, eval_prompts, generate, grid_items, load_pipeline, save_grid, score_images
 from t2i_rlhf.logs import QUIET_ENV, quiet_diffusers_loading
-from t2i_rlhf.shapes.captions import write_pretrain_parquet
+from t2i_rlhf.shapes.captions import load_policy, write_pretrain_parquet
 from t2i_rlhf.shapes.prompts import Prompt, sample_prompts
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.model import materialize_pipeline
@@ -253,9 +253,10 @@ def main() -> None:
     shared = args.work / f"shared-{args.reward}-{rollout_key}"
     pretrain = None
     if args.beta > 0:
-        pretrain = args.work / f"pretrain-{args.pretrain}"
+        policy = load_policy(args.model)  # the base's own pre-training captions, as the run's β term
+        pretrain = args.work / f"pretrain-{args.pretrain}-{short_hash(*astuple(policy))}"
         if not pretrain.exists():
-            write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000)
+            write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000, policy=policy)
     arms = []
     for objective in args.arms:
         cfg = arm_config(objective, args, cache)

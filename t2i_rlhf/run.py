@@ -38,7 +38,7 @@ from t2i_rlhf.online.report import (
 from t2i_rlhf.online.state import RunState, StateStore
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.services.client import FeedbackClient
-from t2i_rlhf.shapes.captions import write_pretrain_parquet
+from t2i_rlhf.shapes.captions import load_policy, write_pretrain_parquet
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,14 @@ def feedback_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[Feedback
 
 
 def ensure_pretrain_data(cfg: ExperimentConfig, run_dir: Path) -> str:
-    """The β-term data: the configured Parquet, or the shapes world's rendered once per run."""
+    """The β-term data: the configured Parquet, or the shapes world's rendered once per run with
+    the captions the base was pre-trained on (the paper replays the base's own pre-training data)."""
     if cfg.pretrain_data:
         return cfg.pretrain_data
     path = run_dir / "pretrain"
     if not (path / "_done").exists():
-        write_pretrain_parquet(path, cfg.pretrain_examples, first_seed=50_000_000)
+        write_pretrain_parquet(path, cfg.pretrain_examples, first_seed=50_000_000,
+                               policy=load_policy(cfg.model.base))
         (path / "_done").write_text("ok\n")
     return str(path)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,13 +27,20 @@ from t2i_rlhf.shapes import (
     sample_prompts,
 )
 from t2i_rlhf.shapes.captions import (
+    POLICY_FILE,
     PRETRAIN_SCHEMA,
     CaptionPolicy,
     hard_negative_caption,
+    load_policy,
     make_example,
+    save_policy,
     write_pretrain_parquet,
 )
 from t2i_rlhf.shapes.render import ARRANGEMENTS, SLOT_JITTER, render_attributes
+from t2i_rlhf.shapes.vocab import COUNTS
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS, CONFIGS = ROOT / "models", ROOT / "configs"
 
 
 def test_grammar_examples_from_the_design():
@@ -178,6 +186,39 @@ def test_pretrain_parquet_roundtrip(tmp_path):
     ex = make_example(107)
     assert row["caption"] == ex["caption"] and row["seed"] == 107
     assert (decode_png(row["image"]) == ex["image"]).all()
+
+
+def test_the_beta_terms_data_has_the_shipped_bases_caption_noise(tmp_path):
+    """The paper's β term replays the base's pre-training data. The shipped base learnt from count
+    words wrong in half the captions naming one; a run's β data must be as noisy, or its cleaner
+    count words, not the labels, could teach the count."""
+    from t2i_rlhf.config import load_config
+    from t2i_rlhf.models.pretrain import PretrainConfig
+    from t2i_rlhf.run import ensure_pretrain_data
+
+    shipped = load_policy(MODELS / "shapes-sd")
+    defaults = PretrainConfig()  # what `t2i-rlhf pretrain` records when it rebuilds the base
+    assert (shipped.count_p, shipped.count_wrong_p, shipped.layout) == (
+        defaults.unet_count_p, defaults.unet_count_wrong_p, defaults.unet_layout)
+    cfg = load_config(CONFIGS / "shapes.yaml", {"pretrain_examples": 600, "model.base": str(MODELS / "shapes-sd"),
+                                               "model.clip": str(MODELS / "shapes-clip")})
+    table = pq.read_table(ensure_pretrain_data(cfg, tmp_path)).to_pylist()
+    with_count = [r for r in table if r["caption"].split()[0] in COUNTS]
+    wrong = np.mean([parse_prompt(r["caption"]).count != r["count"] for r in with_count])
+    assert len(table) == 600 and abs(wrong - shipped.count_wrong_p) < 0.08, wrong
+
+
+def test_caption_policy_file_roundtrips_and_rejects_what_it_does_not_know(tmp_path):
+    policy = CaptionPolicy(count_p=0.3, count_wrong_p=0.15, layout="scatter")
+    save_policy(policy, tmp_path)
+    assert load_policy(tmp_path) == policy
+    assert load_policy(tmp_path / "elsewhere") == CaptionPolicy()  # a model from elsewhere: the default
+    (tmp_path / POLICY_FILE).write_text('{"count_p": 0.3, "count_wrongp": 0.1}')
+    with pytest.raises(ValueError, match="count_wrongp"):
+        load_policy(tmp_path)
+    (tmp_path / POLICY_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_policy(tmp_path)
 
 
 def test_slots_place_each_count_in_its_arrangement():

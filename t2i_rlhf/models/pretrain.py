@@ -32,7 +32,7 @@ from t2i_rlhf.diffusion.latents import encode_images, images_to_tensor, tensor_t
 from t2i_rlhf.diffusion.targets import denoising_target
 from t2i_rlhf.models import architecture as arch
 from t2i_rlhf.models.tokenizer import build_char_tokenizer
-from t2i_rlhf.shapes.captions import CaptionPolicy, hard_negative_caption, make_example
+from t2i_rlhf.shapes.captions import CaptionPolicy, hard_negative_caption, make_example, save_policy
 from t2i_rlhf.shapes.judge import judge
 from t2i_rlhf.shapes.prompts import Prompt
 
@@ -375,6 +375,7 @@ def pretrain_unet(cfg: PretrainConfig) -> Path:
     ema.copy_to(params)
     out = cfg.out / "shapes-sd"
     _pipeline(vae, text_encoder, tokenizer, unet, phases[-1].zero_snr).save_pretrained(out)
+    save_policy(policy, out)  # what a run's β term renders (run.ensure_pretrain_data)
     return out
 
 

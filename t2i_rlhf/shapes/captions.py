@@ -11,7 +11,9 @@ Counts, colours, shapes and scenes are drawn uniformly. Everything is a function
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,39 @@ class CaptionPolicy:
     scene_p: float = 0.7
     scene_wrong_p: float = 0.05
     layout: str = LAYOUT  # how the images place their objects (render.LAYOUTS)
+
+
+log = logging.getLogger(__name__)
+
+# Written beside a pre-trained pipeline's model_index.json: the captions its UNet learnt from, so
+# that the paper's β term (which replays the base's pre-training data) renders the same kind of
+# data, not a cleaner one whose count words could teach the count instead of the labels.
+POLICY_FILE = "pretrain_captions.json"
+
+
+def save_policy(policy: CaptionPolicy, model_dir: str | Path) -> Path:
+    path = Path(model_dir) / POLICY_FILE
+    path.write_text(json.dumps(asdict(policy), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_policy(model_dir: str | Path) -> CaptionPolicy:
+    """The caption policy `model_dir` was pre-trained with; CaptionPolicy() if it records none
+    (a model from elsewhere), said in the log. A malformed file is an error, not a default."""
+    path = Path(model_dir) / POLICY_FILE
+    if not path.is_file():
+        log.warning("%s records no pre-training captions (%s): the β term's data uses the default "
+                    "CaptionPolicy", model_dir, POLICY_FILE)
+        return CaptionPolicy()
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    known = {f.name for f in fields(CaptionPolicy)}
+    if not isinstance(values, dict) or set(values) - known:
+        extra = sorted(set(values) - known) if isinstance(values, dict) else values
+        raise ValueError(f"{path}: expected an object with keys among {sorted(known)}, got {extra!r}")
+    return CaptionPolicy(**values)
 
 
 PRETRAIN_SCHEMA = pa.schema(

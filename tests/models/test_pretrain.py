@@ -12,6 +12,7 @@ from transformers import CLIPModel
 
 from t2i_rlhf.evaluation import generate
 from t2i_rlhf.models.pretrain import PretrainConfig, pretrain_unet, snapshot_unet
+from t2i_rlhf.shapes.captions import CaptionPolicy, load_policy
 
 
 def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_model_dir, clip_model_dir,
@@ -34,6 +35,10 @@ def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_mo
     assert pipe.scheduler.config.timestep_spacing == "trailing"
     images = generate(pipe, [("a red circle", 0)], steps=2, progress=False)
     assert images.shape == (1, 32, 32, 3)
+    # It records the captions its UNet learnt from: the run's β term renders the same.
+    assert load_policy(out / "shapes-sd") == CaptionPolicy(count_p=cfg.unet_count_p,
+                                                           count_wrong_p=cfg.unet_count_wrong_p,
+                                                           layout=cfg.unet_layout)
 
     # The text encoder is shapes-CLIP's text tower, frozen: SD's recipe.
     tower = CLIPModel.from_pretrained(out / "shapes-clip").text_model.eval()
