@@ -11,6 +11,9 @@ Needs the pretrained base model (random placeholder weights make every number me
 A full run (a few hours on 2 contended cores):
     HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled nice -n 10 .venv/bin/python \
         benchmarks/bench_finetune_alignment.py --train-samples 2048 --per-category 96 --epochs 4
+The objectives on the same samples (the samples are cached under --out, so each arm only trains
+and judges; ~8 min an arm on 2 cores at 384 steps):
+    ... --beta 0 --only-beta --skip-base --max-steps 384 --lr 1e-4 --ema-decay 0.95 [--objective negative_aware]
 A smoke test: --train-samples 32 --per-category 2 --max-steps 2 --gen-steps 2
 """
 
@@ -127,7 +130,12 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-5)
-    ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--objective", choices=["reward_weighted", "negative_aware"], default="reward_weighted",
+                    help="negative_aware normalises r within each prompt's samples (DiffusionNFT)")
+    ap.add_argument("--reward-normalization", choices=["none", "prompt"],
+                    help="default: prompt for negative_aware, none for reward_weighted")
+    ap.add_argument("--lora", action="store_true", help="a LoRA adapter (rank --lora-rank, at --lr)")
+    ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--ema-decay", type=float, default=0.0, help="export an EMA of the weights (0: off)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -142,17 +150,21 @@ def main() -> None:
         samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps,
                                  args.sample_guidance or args.guidance)
     policy = load_policy(model)  # the base's own pre-training captions, as the run's β term
-    pretrain = out / f"pretrain-{policy.count_p:g}-{policy.count_wrong_p:g}-{policy.layout}"
+    pretrain = out / f"pretrain-{args.pretrain}-count{policy.count_p:g}-wrong{policy.count_wrong_p:g}-{policy.layout}"
     if not pretrain.exists():
         write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000, policy=policy)
 
     models = {} if args.skip_base else {"base": model}
     for beta in (args.beta,) if args.only_beta else (0.0, args.beta):
+        nft = args.objective == "negative_aware"
+        norm = args.reward_normalization or ("prompt" if nft else "none")
         cfg = FinetuneConfig(beta=beta, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                             lr=args.lr, lora=args.lora, ema_decay=args.ema_decay, num_workers=args.workers,
+                             lr=args.lr, lora=args.lora, lora_rank=args.lora_rank, lora_lr=args.lr,
+                             objective=args.objective, reward_normalization=norm,
+                             ema_decay=args.ema_decay, num_workers=args.workers,
                              threads_per_worker=args.threads, latent_cache=out / "cache", checkpoint_every=100)
-        name = f"beta{beta:g}-lr{args.lr:g}" + ("-lora" if args.lora else "") + (
-            f"-ema{args.ema_decay:g}" if args.ema_decay else "")
+        name = ("nft-" if nft else "") + ("raw-" if nft and norm == "none" else "") + f"beta{beta:g}-lr{args.lr:g}" + (
+            f"-lora{args.lora_rank}" if args.lora else "") + (f"-ema{args.ema_decay:g}" if args.ema_decay else "")
         manifest = finetune_round(cfg, samples, pretrain, model, out / "versions" / name, round=1,
                                   version=f"bench-{name}-{cfg.config_hash()[:6]}", storage_path=out / "ray")
         log.info("%s: %d steps, final metrics %s", name, manifest.steps, manifest.metrics)
