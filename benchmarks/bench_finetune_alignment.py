@@ -150,14 +150,14 @@ def main() -> None:
         samples = judged_samples(model, args.train_samples, out / "samples.parquet", args.gen_steps,
                                  args.sample_guidance or args.guidance)
     policy = load_policy(model)  # the base's own pre-training captions, as the run's β term
-    pretrain = out / f"pretrain-{args.pretrain}-count{policy.count_p:g}-wrong{policy.count_wrong_p:g}-{policy.layout}"
+    pretrain = out / f"pretrain-{args.pretrain}-{policy.key}"
     if not pretrain.exists():
         write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000, policy=policy)
 
     models = {} if args.skip_base else {"base": model}
+    nft = args.objective == "negative_aware"
+    norm = args.reward_normalization or ("prompt" if nft else "none")
     for beta in (args.beta,) if args.only_beta else (0.0, args.beta):
-        nft = args.objective == "negative_aware"
-        norm = args.reward_normalization or ("prompt" if nft else "none")
         cfg = FinetuneConfig(beta=beta, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                              lr=args.lr, lora=args.lora, lora_rank=args.lora_rank, lora_lr=args.lr,
                              objective=args.objective, reward_normalization=norm,

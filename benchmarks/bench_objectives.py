@@ -40,7 +40,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +254,7 @@ def main() -> None:
     pretrain = None
     if args.beta > 0:
         policy = load_policy(args.model)  # the base's own pre-training captions, as the run's β term
-        pretrain = args.work / f"pretrain-{args.pretrain}-{short_hash(*astuple(policy))}"
+        pretrain = args.work / f"pretrain-{args.pretrain}-{policy.key}"
         if not pretrain.exists():
             write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000, policy=policy)
     arms = []

@@ -212,6 +212,8 @@ def test_caption_policy_file_roundtrips_and_rejects_what_it_does_not_know(tmp_pa
     policy = CaptionPolicy(count_p=0.3, count_wrong_p=0.15, layout="scatter")
     save_policy(policy, tmp_path)
     assert load_policy(tmp_path) == policy
+    assert policy.key == CaptionPolicy(count_p=0.3, count_wrong_p=0.15, layout="scatter").key
+    assert policy.key != CaptionPolicy(count_p=0.3, count_wrong_p=0.15, layout="scatter", colour_p=0.5).key
     assert load_policy(tmp_path / "elsewhere") == CaptionPolicy()  # a model from elsewhere: the default
     (tmp_path / POLICY_FILE).write_text('{"count_p": 0.3, "count_wrongp": 0.1}')
     with pytest.raises(ValueError, match="count_wrongp"):

@@ -11,6 +11,7 @@ Counts, colours, shapes and scenes are drawn uniformly. Everything is a function
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +39,11 @@ class CaptionPolicy:
     scene_p: float = 0.7
     scene_wrong_p: float = 0.05
     layout: str = LAYOUT  # how the images place their objects (render.LAYOUTS)
+
+    @property
+    def key(self) -> str:
+        """A short stable name of every field, for caches of data rendered with this policy."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
 
 log = logging.getLogger(__name__)
