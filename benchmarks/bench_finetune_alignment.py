@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--objective", choices=["reward_weighted", "negative_aware"], default="reward_weighted",
                     help="negative_aware normalises r within each prompt's samples (DiffusionNFT)")
-    ap.add_argument("--reward-normalization", choices=["none", "prompt"],
+    ap.add_argument("--reward-normalization", choices=["none", "prompt", "category"],
                     help="default: prompt for negative_aware, none for reward_weighted")
     ap.add_argument("--lora", action="store_true", help="a LoRA adapter (rank --lora-rank, at --lr)")
     ap.add_argument("--lora-rank", type=int, default=32)
@@ -163,7 +163,8 @@ def main() -> None:
                              objective=args.objective, reward_normalization=norm,
                              ema_decay=args.ema_decay, num_workers=args.workers,
                              threads_per_worker=args.threads, latent_cache=out / "cache", checkpoint_every=100)
-        name = ("nft-" if nft else "") + ("raw-" if nft and norm == "none" else "") + f"beta{beta:g}-lr{args.lr:g}" + (
+        name = ("nft-" if nft else "") + ("raw-" if nft and norm == "none" else "") + (
+            "cat-" if norm == "category" else "") + f"beta{beta:g}-lr{args.lr:g}" + (
             f"-lora{args.lora_rank}" if args.lora else "") + (f"-ema{args.ema_decay:g}" if args.ema_decay else "")
         manifest = finetune_round(cfg, samples, pretrain, model, out / "versions" / name, round=1,
                                   version=f"bench-{name}-{cfg.config_hash()[:6]}", storage_path=out / "ray")

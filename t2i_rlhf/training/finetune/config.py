@@ -31,10 +31,12 @@ class FinetuneConfig(BaseModel):
         "DiffusionNFT's β for `negative_aware`: how far v⁺ and v⁻ sit from the parent."))
     reward_source: Literal["reward", "label"] = Field("reward", description=(
         "What r is: the reward model's score (`reward`) or the sample's mean human label (`label`)."))
-    reward_normalization: Literal["none", "prompt"] = Field("none", description=(
+    reward_normalization: Literal["none", "prompt", "category"] = Field("none", description=(
         "`none` uses r as it is; `prompt` uses r' = 1/2 + 1/2·clip((r − mean of r over its prompt's "
         "samples) / std of r over the round, ±c) / c with c = `reward_clip`, in [0, 1] (DiffusionNFT's "
-        "group normalisation)."))
+        "group normalisation); `category` (reward_weighted only) uses r' = r · (mean r of the round) / "
+        "(mean r of the sample's category), so each category weighs by its share of the prompts, not by "
+        "how often the model already gets it right (rewards.py derives it)."))
     reward_clip: float = Field(1.0, gt=0.0, description=(
         "c of `reward_normalization: prompt`, in round-wide standard deviations."))
     beta: float = Field(1.0, ge=0.0, description=(
@@ -100,6 +102,9 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
+        if self.objective == "negative_aware" and self.reward_normalization == "category":
+            raise ValueError("reward_normalization='category' is for objective='reward_weighted': its r' can "
+                             "exceed 1, and the negative-aware loss reads r as a probability; use 'prompt'")
         if self.uses_pretrain and self.pretrain_batch < 1:
             raise ValueError(
                 f"batch_size={self.batch_size} with model_fraction={self.model_fraction} leaves no room "

@@ -2,7 +2,7 @@
 
 - Model samples: the round's scored samples (SAMPLE_SCHEMA). Their `latents` are already the
   scaled x0 latents, so no VAE is needed; rows without the chosen r (`reward` or `label`) are
-  dropped, and r is normalised within each prompt if asked (rewards.py).
+  dropped, and r is normalised within each prompt or weighted by its category's rate if asked (rewards.py).
 - Pre-training examples: PNG images + captions (write_pretrain_parquet). The frozen VAE encodes
   them ONCE, with Ray Data, into a latent cache keyed by the input files and the VAE weights; every
   later round and every epoch reads the cache. Encoding on the workers instead would redo the same
@@ -30,7 +30,7 @@ import torch
 
 from t2i_rlhf.fingerprint import files_fingerprint
 from t2i_rlhf.samples import parquet_files
-from t2i_rlhf.training.finetune.rewards import PromptNormalization, normalize_reward_column
+from t2i_rlhf.training.finetune.rewards import RewardTransform, normalize_reward_column
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def count_rows(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def model_samples_dataset(files: list[Path], column: str, normalization: PromptNormalization | None = None):
+def model_samples_dataset(files: list[Path], column: str, normalization: RewardTransform | None = None):
     """The round's scored samples as a Ray Dataset: latents, latent_shape, prompt and r, with r
-    replaced by its per-prompt normalised value when `normalization` is given (its statistics are
-    the driver's, over the whole round, so every block is normalised alike)."""
+    replaced by its transformed value when `normalization` is given (rewards.py; its statistics
+    are the driver's, over the whole round, so every block is transformed alike)."""
     import ray.data
     from ray.data.expressions import col
 

@@ -1,6 +1,7 @@
-"""Rewards as the negative-aware objective wants them: in [0, 1], centred within each prompt.
+"""Rewards as each objective wants them, computed once per round on the driver.
 
-Per-prompt group normalisation (the form DiffusionNFT, arXiv 2509.16117, uses), with c the clip:
+Per-prompt group normalisation (`prompt`, the form DiffusionNFT, arXiv 2509.16117, uses), for the
+negative-aware objective, with c the clip:
 
     r'_i = 1/2 + 1/2 · clip((r_i − mean_{j : z_j = z_i} r_j) / std_j r_j, −c, c) / c
 
@@ -9,6 +10,25 @@ against the other images of its own prompt, not because its prompt is easy or ha
 model. The std is one number over all the round's samples (population std), so a prompt whose
 images all score alike stays near r' = 1/2, where the negative-aware loss neither pulls nor pushes.
 A round whose rewards are all equal carries no preference at all: r' = 1/2 everywhere.
+
+Success-rate weighting (`category`), for the reward-weighted objective. Reward-weighted likelihood
+aims at p*(x | z) ∝ p_old(x | z) · r(x, z), the parent's images of prompt z re-weighted by their
+reward. Its maximum-likelihood fit over the prompt distribution q(z) is
+
+    max_θ E_{z~q} E_{x~p*(·|z)} log p_θ(x | z) = E_{z~q} E_{x~p_old(·|z)} [r / Z(z)] · log p_θ(x | z),
+    Z(z) = E_{x~p_old(·|z)} r(x, z)   (the prompt's success rate),
+
+while the paper's loss weights each sample by r alone, i.e. each prompt by its success rate Z(z):
+the prompts the model already gets right dominate the round, and those it fails on, where a good
+image teaches the most, weigh least. Dividing by Z restores the conditional target. With few
+seeds per prompt Z(z) cannot be estimated per prompt, so it is taken over the prompt's category g
+(the samples' `category` column; one group if it is empty), and scaled by the round's mean r̄ so
+that the model term keeps the paper's overall scale against β's pre-training term:
+
+    r'_i = r_i · r̄ / Z(g_i),   Z(g) = mean_{j : g_j = g} r_j
+
+A category with Z = 0 has r = 0 everywhere and stays 0. r' may exceed 1, so it is for the
+reward-weighted loss only.
 
 The statistics are computed once on the driver, from the Parquet files, and applied to the reward
 column in the Ray Data pipeline, so the workers read one reward column whatever the setting.
@@ -75,8 +95,54 @@ def read_prompt_normalization(files: list[Path], column: str, clip: float) -> Pr
     return norm
 
 
-def normalize_reward_column(batch: pa.Table, column: str, norm: PromptNormalization) -> pa.Table:
-    """Ray Data map_batches function: `column` replaced by its normalised value, same type."""
+@dataclass(frozen=True)
+class CategoryRateWeighting:
+    """The factor r̄ / Z(g) of each prompt's category g (module docstring), keyed by prompt."""
+
+    factors: dict[str, float]
+
+    def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        """r' = r · r̄ / Z(g) for each (prompt, r), as float64."""
+        missing = sorted({p for p in prompts if p not in self.factors})
+        if missing:
+            raise KeyError(f"no category rate for prompt(s) {missing[:3]}: the statistics were computed "
+                           "from other samples than the ones being weighted")
+        return np.asarray(rewards, dtype=np.float64) * np.array([self.factors[p] for p in prompts], dtype=np.float64)
+
+
+def fit_category_weighting(prompts: Sequence[str], categories: Sequence[str], rewards: np.ndarray
+                           ) -> CategoryRateWeighting:
+    """Each category's mean reward Z(g) and the round's r̄, as one factor per prompt."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if len(rewards) == 0:
+        raise ValueError("no scored samples to weight the rewards of")
+    of_prompt: dict[str, str] = {}
+    for prompt, category in zip(prompts, categories, strict=True):
+        if of_prompt.setdefault(prompt, category) != category:
+            raise ValueError(f"prompt {prompt!r} has samples in categories {of_prompt[prompt]!r} and "
+                             f"{category!r}; reward_normalization='category' needs one category per prompt")
+    names, group = np.unique(np.asarray(categories, dtype=object).astype(str), return_inverse=True)
+    rates = np.bincount(group, weights=rewards) / np.bincount(group)
+    overall = float(rewards.mean())
+    factor = {str(n): (overall / z if z > 0 else 0.0) for n, z in zip(names, rates, strict=True)}
+    log.info("category reward rates %s, round mean %.4g",
+             ", ".join(f"{n or '(none)'} {z:.3g}" for n, z in zip(names, rates, strict=True)), overall)
+    return CategoryRateWeighting(factors={p: factor[c] for p, c in of_prompt.items()})
+
+
+def read_category_weighting(files: list[Path], column: str) -> CategoryRateWeighting:
+    """fit_category_weighting over the scored rows of the sample files (reads three columns)."""
+    table = pads.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=["prompt", "category", column], filter=pc.field(column).is_valid())
+    return fit_category_weighting(table.column("prompt").to_pylist(), table.column("category").to_pylist(),
+                                  table.column(column).to_numpy().astype(np.float64))
+
+
+RewardTransform = PromptNormalization | CategoryRateWeighting
+
+
+def normalize_reward_column(batch: pa.Table, column: str, norm: RewardTransform) -> pa.Table:
+    """Ray Data map_batches function: `column` replaced by its transformed value, same type."""
     rewards = batch.column(column).to_numpy(zero_copy_only=False)
     values = norm.apply(batch.column("prompt").to_pylist(), rewards)
     index = batch.schema.get_field_index(column)

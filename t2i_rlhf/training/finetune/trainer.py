@@ -32,7 +32,11 @@ from t2i_rlhf.training.finetune.data import (
     pretrain_latent_files,
 )
 from t2i_rlhf.training.finetune.model import export_version, resolve_base
-from t2i_rlhf.training.finetune.rewards import check_unit_interval, read_prompt_normalization
+from t2i_rlhf.training.finetune.rewards import (
+    check_unit_interval,
+    read_category_weighting,
+    read_prompt_normalization,
+)
 from t2i_rlhf.training.finetune.worker import PROGRESS, reward_column, steps_for, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,8 @@ def finetune_round(
     normalization = None
     if cfg.reward_normalization == "prompt":  # the round's statistics, applied by Ray Data
         normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip)
+    elif cfg.reward_normalization == "category":
+        normalization = read_category_weighting(sample_files, column)
     ensure_ray_for(cfg)  # after the cheap checks: a bad input fails before Ray starts
     datasets = {"model": model_samples_dataset(sample_files, column, normalization)}
     pre_rows, pre_files = 0, []

@@ -1,0 +1,90 @@
+"""Success-rate weighting of the reward-weighted objective (`reward_normalization: category`):
+r' = r · r̄ / Z(g), so each category weighs by its share of the prompts (rewards.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.rewards import (
+    fit_category_weighting,
+    normalize_reward_column,
+    read_category_weighting,
+)
+
+PROMPTS = ["two cats", "two cats", "three dogs", "a red cat", "a red cat", "a blue dog"]
+CATEGORIES = ["count", "count", "count", "colour", "colour", "colour"]
+REWARDS = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.5])  # count: Z = 1/3; colour: Z = 5/6; r̄ = 3.5/6
+
+
+def test_weights_divide_by_the_category_rate_and_keep_the_round_mean():
+    weighting = fit_category_weighting(PROMPTS, CATEGORIES, REWARDS)
+    mean = 3.5 / 6
+    assert weighting.factors == pytest.approx({"two cats": mean * 3, "three dogs": mean * 3,
+                                               "a red cat": mean * 6 / 5, "a blue dog": mean * 6 / 5})
+    out = weighting.apply(PROMPTS, REWARDS)
+    np.testing.assert_allclose(out, [1.75, 0.0, 0.0, 0.7, 0.7, 0.35])
+    assert out.mean() == pytest.approx(REWARDS.mean())  # the model term keeps its scale against β's
+    # each category now has the same mean weight: the round's mean reward
+    for category in ("count", "colour"):
+        assert out[np.array(CATEGORIES) == category].mean() == pytest.approx(mean)
+
+
+def test_a_category_without_any_reward_stays_zero_and_one_category_changes_nothing():
+    weighting = fit_category_weighting(["a", "b", "c"], ["x", "x", "y"], np.array([0.0, 0.0, 1.0]))
+    assert weighting.apply(["a", "b", "c"], [0.0, 0.0, 1.0]).tolist() == [0.0, 0.0, 1.0 / 3]
+    single = fit_category_weighting(["a", "b"], ["", ""], np.array([0.2, 0.6]))
+    np.testing.assert_allclose(single.apply(["a", "b"], [0.2, 0.6]), [0.2, 0.6])
+    with pytest.raises(KeyError, match="no category rate"):
+        single.apply(["c"], [0.1])
+
+
+def test_a_prompt_in_two_categories_or_no_samples_is_an_error():
+    with pytest.raises(ValueError, match="one category per prompt"):
+        fit_category_weighting(["a", "a"], ["x", "y"], np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="no scored samples"):
+        fit_category_weighting([], [], np.array([]))
+
+
+def _samples(path: Path, prompts: list[str], categories: list[str], rewards: list[float | None]) -> Path:
+    pq.write_table(pa.table({"prompt": prompts, "category": categories,
+                             "reward": pa.array(rewards, type=pa.float32()),
+                             "latents": pa.array([[0.0, 1.0]] * len(prompts), type=pa.list_(pa.float32())),
+                             "latent_shape": pa.array([[1, 2]] * len(prompts), type=pa.list_(pa.int32()))}), path)
+    return path
+
+
+def test_weighting_from_parquet_skips_nulls_and_rewrites_only_the_reward(tmp_path):
+    files = [_samples(tmp_path / "a.parquet", PROMPTS[:3] + ["x"], CATEGORIES[:3] + ["colour"],
+                      [*REWARDS[:3], None]),
+             _samples(tmp_path / "b.parquet", PROMPTS[3:], CATEGORIES[3:], list(REWARDS[3:]))]
+    weighting = read_category_weighting(files, "reward")
+    assert weighting == fit_category_weighting(PROMPTS, CATEGORIES, REWARDS)  # the unscored row is not counted
+    batch = pq.read_table(files[1])
+    out = normalize_reward_column(batch, "reward", weighting)
+    assert out.schema == batch.schema and out.column("latents").equals(batch.column("latents"))
+    np.testing.assert_allclose(out.column("reward").to_numpy(), [0.7, 0.7, 0.35], rtol=1e-6)
+
+
+def test_category_weighting_is_for_the_reward_weighted_objective_only():
+    assert FinetuneConfig(reward_normalization="category").reward_normalization == "category"
+    with pytest.raises(ValidationError, match="reward_weighted"):
+        FinetuneConfig(objective="negative_aware", reward_normalization="category")
+
+
+@pytest.mark.ray
+def test_the_training_data_carries_the_weighted_reward(ray_session, tmp_path):
+    from t2i_rlhf.training.finetune.data import model_samples_dataset
+
+    files = [_samples(tmp_path / "a.parquet", PROMPTS, CATEGORIES, list(REWARDS))]
+    weighting = read_category_weighting(files, "reward")
+    rows = model_samples_dataset(files, "reward", weighting).take_all()
+    got = sorted((r["prompt"], round(float(r["reward"]), 5)) for r in rows)
+    weights = weighting.apply(PROMPTS, REWARDS)
+    assert got == sorted((p, round(float(w), 5)) for p, w in zip(PROMPTS, weights, strict=True))
