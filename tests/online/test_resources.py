@@ -4,6 +4,11 @@ config without Ray, and a cluster too small for it an error in seconds instead o
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,7 @@ import pytest
 from t2i_rlhf.config import load_config
 from t2i_rlhf.online import resources
 from t2i_rlhf.online.resources import ClusterTooSmallError, check_cluster, explain, run_needs, shortfalls
-from tests.online.test_loop import write_config
+from tests.online.test_loop import driver_env, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES_CONFIGS = ["shapes.yaml", "shapes-ci.yaml", "shapes-paper.yaml"]
@@ -166,3 +171,37 @@ def test_a_task_waiting_for_resources_is_not_silent(monkeypatch, caplog):
     monkeypatch.setattr(resources, "task_state", lambda ref: "RUNNING")
     assert resources.get_when_scheduled("ref", what="t", need={"CPU": 1.0}, warn_after_s=5) == {"ok": "ref"}
     assert not caplog.records
+
+
+# --- against a real cluster ----------------------------------------------------------------------
+
+@pytest.fixture
+def two_cpu_cluster(tmp_path):
+    """`ray start --head` offering 2 CPUs, as on this 2-core machine (its own port: 6391 is the
+    two-node fixture's)."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = "6393"
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(8)
+    yield f"127.0.0.1:{port}"
+    head.send_signal(signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_cluster_too_small_for_the_config_fails_in_seconds(tmp_path, two_cpu_cluster):
+    config = write_config(tmp_path, **{"run.storage": str(tmp_path / "runs")})
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "t2i_rlhf.cli", "run", "--config", str(config)],
+                         env=driver_env(two_cpu_cluster), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert time.monotonic() - t0 < 60
+    assert "fine-tuning needs 6 CPUs at once" in out.stderr and "the cluster has 2 CPUs" in out.stderr, \
+        out.stderr[-3000:]
+    assert "run.resource_check: warn" in out.stderr
+    run_dir = tmp_path / "runs" / "shapes-ci"
+    assert not (run_dir / "pretrain").exists() and not (run_dir / "samples").exists()  # nothing started
