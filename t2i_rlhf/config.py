@@ -35,6 +35,18 @@ class RunSection(_Strict):
         "What each round fine-tunes: the previous round's model on the round's samples, or the base model "
         "on every round's samples so far, all re-scored by the latest reward model (as ReST-EM does, so "
         "that one round's drift does not compound)."))
+    resource_check: Literal["error", "warn", "off"] = Field("error", description=(
+        "Before any actor starts, compare what the run reserves at once (its generators and scorers, held for "
+        "the whole run, plus its largest step: the reward-model task, or the training workers and a Ray Data "
+        "task) with the Ray cluster's totals per resource, and each single actor's, worker's or task's "
+        "resources with the nodes. `error` stops the run with what is short and how to fix it (Ray would "
+        "otherwise queue the step forever); `warn` logs that and goes on, for a cluster with an autoscaler "
+        "that adds nodes on demand; `off` skips the check."))
+    resource_wait_warn_s: float = Field(60.0, gt=0, description=(
+        "Seconds the reward-model task may wait to be scheduled before the run logs a warning with what it "
+        "needs and what the cluster has free (again every as many seconds while it waits). The fine-tuning "
+        "group's wait is Ray Train's own: it times out after `RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (60 s) "
+        "with its own message."))
 
 
 class ModelSection(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 from t2i_rlhf.logs import WORKER_SETUP_HOOK, library_env, quiet, worker_setup
 
@@ -15,6 +16,15 @@ log = logging.getLogger(__name__)
 # is; it is one more actor started and killed with every fit.
 LOCAL_ENV_VARS = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def resource_bundle(num_cpus: float, num_gpus: float, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The Ray resources one actor or task reserves, on one node: CPU and GPU where above 0, plus
+    custom resources (e.g. `{"gen_node": 0.01}`). The rollout's placement group and the run's
+    resource check (online/resources.py) both build their bundles here, so they cannot disagree."""
+    out = {k: float(v) for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
+    out.update({k: float(v) for k, v in (extra or {}).items() if v > 0})
+    return out
 
 
 def init_ray(min_cpus: int = 1) -> None:

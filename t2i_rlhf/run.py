@@ -35,6 +35,7 @@ from t2i_rlhf.online.report import (
     write_metrics,
     write_report,
 )
+from t2i_rlhf.online.resources import check_cluster, run_needs
 from t2i_rlhf.online.state import RunState, StateStore
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.services.client import FeedbackClient
@@ -140,7 +141,9 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
     t0 = time.monotonic()
     store = StateStore(run_dir)
     state = store.load()
-    init_ray(min_cpus=6)  # local: room for generators, scorers and the training group together
+    needs = run_needs(cfg)
+    init_ray(min_cpus=needs.local_cpus())  # local: room for the actors and the largest step together
+    check_cluster(cfg, needs)  # before any actor: a cluster too small is an error now, not a wait forever
     pretrain_data = ensure_pretrain_data(cfg, run_dir)
     r = cfg.rollout
     actors = start_actors(
@@ -153,9 +156,8 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
             ctx = steps.LoopContext(cfg, run_dir, actors, feedback, state, scorers=[])
             d = Driver(ctx, store)
             if state.reward_model_location:  # resumed: the scorers take up the last reward model
-                from t2i_rlhf.actors.scorer import RewardScorerActor
-                ctx.scorers.extend(RewardScorerActor.options(num_cpus=r.scorer_num_cpus).remote(
-                    state.reward_model_location, state.reward_model_version) for _ in range(r.scorers))
+                ctx.scorers.extend(steps.start_scorers(cfg, state.reward_model_location,
+                                                       state.reward_model_version))
             steps.push_weights(ctx, state.model_version, state.model_location)
             grid = grid_items("heldout", per_category=2)
             ensure_base_eval(ctx, store, grid)

@@ -28,6 +28,7 @@ from t2i_rlhf.actors.buffer import SampleBufferActor
 from t2i_rlhf.actors.generator import GenerationConfig, GeneratorActor, check_pipeline_dir
 from t2i_rlhf.actors.scorer import RewardScorerActor, ScoreFn
 from t2i_rlhf.model_version import BASE_VERSION
+from t2i_rlhf.ray_runtime import resource_bundle
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +180,10 @@ class RolloutActors:
             self.placement_group = None
 
 
-def _bundle(num_cpus: float, num_gpus: float) -> dict[str, float]:
-    bundle = {k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
-    if not bundle:
+def _bundle(num_cpus: float, num_gpus: float, extra: dict[str, float] | None = None) -> dict[str, float]:
+    if num_cpus <= 0 and num_gpus <= 0:
         raise ValueError("every actor needs some CPU or GPU in its bundle (num_cpus or num_gpus > 0)")
-    return bundle
+    return resource_bundle(num_cpus, num_gpus, extra)
 
 
 def start_actors(
@@ -213,7 +213,7 @@ def start_actors(
     n_scorers = n_scorers if scorer_model is not None else 0
     # `resources`: custom Ray resources per generator, e.g. {"gen_node": 0.01} pins generation
     # to the nodes that advertise them.
-    bundles = [{**_bundle(cfg.num_cpus, cfg.num_gpus), **(resources or {})}] * n_generators
+    bundles = [_bundle(cfg.num_cpus, cfg.num_gpus, resources)] * n_generators
     bundles += [_bundle(scorer_num_cpus, scorer_num_gpus)] * n_scorers
     pg = placement_group(bundles, strategy=strategy)
     try:

@@ -24,7 +24,9 @@ from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import EvalResult, eval_prompts, score_images
 from t2i_rlhf.model_version import BASE_VERSION
 from t2i_rlhf.online.eval_results import SPLIT_NAMES, SPLIT_SEED_OFFSET, clean_warnings
+from t2i_rlhf.online.resources import get_when_scheduled
 from t2i_rlhf.online.state import RunState
+from t2i_rlhf.ray_runtime import resource_bundle
 from t2i_rlhf.samples import decode_png
 from t2i_rlhf.services.client import FeedbackClient, aggregate_labels
 from t2i_rlhf.services.reliability import labeller_weights
@@ -192,16 +194,24 @@ def train_reward(ctx: LoopContext, round: int) -> dict:
     data = labelled_table(ctx, round)
     cache = ctx.run_dir / "cache" / "reward-embeddings.npz"
     config = ctx.cfg.reward.model_copy(update={"embedding_cache": str(cache)})
-    metrics = ray.get(train_reward_model_remote(data, config, out, version))
+    metrics = get_when_scheduled(train_reward_model_remote(data, config, out, version),
+                                 what=f"round {round}: the reward-model task",
+                                 need=resource_bundle(config.num_cpus, config.num_gpus),
+                                 warn_after_s=ctx.cfg.run.resource_wait_warn_s)
     if ctx.scorers:
         ray.get([s.update_reward_model.remote(version, str(out)) for s in ctx.scorers])
     else:
-        r = ctx.cfg.rollout
-        ctx.scorers.extend(
-            RewardScorerActor.options(num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus).remote(
-                str(out), version) for _ in range(r.scorers))
+        ctx.scorers.extend(start_scorers(ctx.cfg, str(out), version))
     return {"version": version, "location": str(out), "n_labelled": data.num_rows,
             "heldout": metrics["heldout"], "train": metrics["train"]}
+
+
+def start_scorers(cfg: ExperimentConfig, location: str, version: str) -> list:
+    """The run's scorer actors on a reward model; they live until the run ends (counted as held
+    by online/resources.py from the same fields)."""
+    r = cfg.rollout
+    return [RewardScorerActor.options(num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus).remote(location, version)
+            for _ in range(r.scorers)]
 
 
 def rescore_samples(ctx: LoopContext, round: int) -> dict:

@@ -14,6 +14,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# CPUs Ray Data needs beside the worker group: its read tasks (default num_cpus=1) feed the
+# workers, and the one-off VAE encoding of the pre-training set (data.pretrain_latent_files) is a
+# num_cpus=1 task too. Without one free, the dataset never starts and the workers wait forever.
+RAY_DATA_CPUS = 1
+
 
 class FinetuneConfig(BaseModel):
     """Fine-tuning on scored model samples with NLL regularisation (Lee et al. 2023, section 4.3),
@@ -131,6 +136,16 @@ class FinetuneConfig(BaseModel):
     @property
     def workers_resources(self) -> dict[str, float]:
         return self.resources_per_worker or {"CPU": float(self.threads_per_worker)}
+
+    @property
+    def worker_bundle(self) -> dict[str, float]:
+        """What each Ray Train worker reserves, as ScalingConfig reads it: `workers_resources`
+        without zeros, plus one GPU with `use_gpu` unless a GPU count is given. The trainer passes
+        exactly this, so the run's resource check (online/resources.py) counts what is asked."""
+        bundle = {k: float(v) for k, v in self.workers_resources.items() if v != 0}
+        if self.use_gpu:
+            bundle.setdefault("GPU", 1.0)
+        return bundle
 
     def config_hash(self) -> str:
         """Short stable hash of every field: what the manifest records as `config_hash`."""

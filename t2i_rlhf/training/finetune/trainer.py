@@ -20,7 +20,7 @@ from t2i_rlhf.logs import ray_train_log_level
 from t2i_rlhf.model_version import ModelManifest
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.samples import parquet_files
-from t2i_rlhf.training.finetune.config import FinetuneConfig
+from t2i_rlhf.training.finetune.config import RAY_DATA_CPUS, FinetuneConfig
 from t2i_rlhf.training.finetune.data import (
     MODEL_COLUMNS,
     PRETRAIN_COLUMNS,
@@ -76,7 +76,7 @@ def _guard_job(storage: str, name: str, job: dict) -> None:
 def cpus_needed(cfg: FinetuneConfig) -> int:
     """Logical CPUs a round needs: the worker group's, plus one for Ray Data to read Parquet
     (without it the dataset never starts and the workers wait for their first batch forever)."""
-    return math.ceil(cfg.num_workers * cfg.workers_resources.get("CPU", 0.0)) + 1
+    return math.ceil(cfg.num_workers * cfg.worker_bundle.get("CPU", 0.0)) + RAY_DATA_CPUS
 
 
 def ensure_ray_for(cfg: FinetuneConfig) -> None:
@@ -88,9 +88,9 @@ def ensure_ray_for(cfg: FinetuneConfig) -> None:
     init_ray(need)
     have = ray.cluster_resources().get("CPU", 0.0)
     if have < need:
-        log.warning("the cluster has %g CPUs; fine-tuning needs %d (%d worker(s) x %g, plus 1 for Ray Data): "
+        log.warning("the cluster has %g CPUs; fine-tuning needs %d (%d worker(s) x %g, plus %d for Ray Data): "
                     "it will wait until an autoscaler adds them", have, need, cfg.num_workers,
-                    cfg.workers_resources.get("CPU", 0.0))
+                    cfg.worker_bundle.get("CPU", 0.0), RAY_DATA_CPUS)
 
 
 def _fits(cfg: FinetuneConfig, files: list[Path], columns: list[str]) -> bool:
@@ -171,7 +171,7 @@ def finetune_round(
             "fail_marker": f"{storage}/{name}/.injected_failure" if local else None,
         },
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=cfg.workers_resources),
+                                     resources_per_worker=cfg.worker_bundle),
         run_config=RunConfig(
             name=name, storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
