@@ -39,6 +39,17 @@ def test_shipped_configs_fit_the_local_instance_of_a_two_core_machine(name):
     assert shortfalls(needs, {"CPU": 6.0}, [{"CPU": 6.0}]) == []  # deploy/submit_local.sh's head
 
 
+def test_the_gpu_config_fits_the_cluster_its_deploy_files_describe():
+    """configs/sd15-cluster.yaml on deploy/rayjob.yaml's two GPU nodes (32 CPUs, 8 GPUs each; the
+    head has no CPUs for work), with the two half-GPU scorers on two different GPUs at worst."""
+    needs = run_needs(load_config(REPO / "configs" / "sd15-cluster.yaml"))
+    assert needs.peak() == {"CPU": 53.0, "GPU": 15.0}
+    worst = needs.peak()["GPU"] + 1.0  # each 0.5-GPU scorer alone on a GPU no whole-GPU worker can use
+    node = {"CPU": 32.0, "GPU": 8.0}
+    assert worst <= 2 * node["GPU"]
+    assert shortfalls(needs, {"CPU": 64.0, "GPU": 16.0}, [node, node]) == []
+
+
 def test_shapes_ci_on_a_two_cpu_cluster_is_short_at_each_step(tmp_path):
     """The observed hang: both CPUs held by the generators, the reward-model task queued forever."""
     needs = needs_of(tmp_path)
