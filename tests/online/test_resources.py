@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -187,19 +189,26 @@ def test_a_task_waiting_for_resources_is_not_silent(monkeypatch, caplog):
 # --- against a real cluster ----------------------------------------------------------------------
 
 @pytest.fixture
-def two_cpu_cluster(tmp_path):
+def two_cpu_cluster():
     """`ray start --head` offering 2 CPUs, as on this 2-core machine (its own port: 6391 is the
-    two-node fixture's)."""
+    two-node fixture's). Its temp dir is short: Ray's socket paths under a test's tmp_path pass
+    the 107-character limit of a Unix socket, and the raylet never starts."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     port = "6393"
+    temp = tempfile.mkdtemp(prefix="t2i-ray-")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"], env=env,
+                             "--include-dashboard=false", f"--temp-dir={temp}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(8)
+    deadline = time.monotonic() + 60
+    while subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env,
+                         capture_output=True).returncode != 0:
+        assert head.poll() is None and time.monotonic() < deadline, "the 2-CPU head did not start"
+        time.sleep(1)
     yield f"127.0.0.1:{port}"
     head.send_signal(signal.SIGTERM)
     head.wait(timeout=60)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.ray
