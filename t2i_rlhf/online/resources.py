@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.ray_runtime import resource_bundle
@@ -33,7 +33,6 @@ from t2i_rlhf.training.finetune.config import RAY_DATA_CPUS
 log = logging.getLogger(__name__)
 
 Resources = dict[str, float]
-CheckMode = Literal["error", "warn", "off"]
 _EPS = 1e-6  # Ray keeps resources in fixed point (1e-4); sums of fractions must not fail on rounding
 
 
@@ -73,9 +72,8 @@ class Phase:
 
 @dataclass(frozen=True)
 class RunNeeds:
-    """What a run reserves: `held` for the whole run, and each phase (held parts included)."""
+    """What a run reserves in each phase: the parts held for the whole run and the step's own."""
 
-    held: tuple[Part, ...]
     phases: tuple[Phase, ...]
     generator_strategy: str  # the generators' placement-group strategy (STRICT_* constrain nodes)
 
@@ -127,7 +125,7 @@ def run_needs(cfg: ExperimentConfig) -> RunNeeds:
     rm_held = live(generators, scorers) if cfg.run.rounds > 1 else live(generators)
     phases = (Phase("reward-model training", rm_held + live(reward_task)),
               Phase("fine-tuning", live(generators, scorers, workers, ray_data)))
-    return RunNeeds(held=live(generators, scorers), phases=phases, generator_strategy=r.placement_strategy)
+    return RunNeeds(phases=phases, generator_strategy=r.placement_strategy)
 
 
 @dataclass(frozen=True)
@@ -209,7 +207,7 @@ def check_cluster(cfg: ExperimentConfig, needs: RunNeeds | None = None) -> RunNe
     import ray
 
     needs = needs or run_needs(cfg)
-    mode: CheckMode = cfg.run.resource_check
+    mode = cfg.run.resource_check
     totals = ray.cluster_resources()
     log.info("resources the run needs at once: %s; the cluster has %s", needs.summary(),
              _fmt({k: totals.get(k, 0.0) for k in needs.peak()}))

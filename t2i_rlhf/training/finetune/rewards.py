@@ -62,11 +62,7 @@ class PromptNormalization:
         rewards = np.asarray(rewards, dtype=np.float64)
         if self.std == 0.0:
             return np.full(rewards.shape, 0.5)
-        missing = sorted({p for p in prompts if p not in self.means})
-        if missing:
-            raise KeyError(f"no reward mean for prompt(s) {missing[:3]}: the statistics were computed "
-                           "from other samples than the ones being normalised")
-        centred = rewards - np.array([self.means[p] for p in prompts], dtype=np.float64)
+        centred = rewards - _per_prompt(self.means, prompts, "reward mean", "normalised")
         z = np.clip(centred / self.std, -self.clip, self.clip)
         return 0.5 + 0.5 * z / self.clip
 
@@ -78,16 +74,12 @@ def fit_prompt_normalization(prompts: Sequence[str], rewards: np.ndarray, clip: 
         raise ValueError("no scored samples to normalise the rewards of")
     if clip <= 0:
         raise ValueError(f"reward_clip must be > 0, got {clip}")
-    names, group = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
-    means = np.bincount(group, weights=rewards) / np.bincount(group)
-    return PromptNormalization(means={str(n): float(m) for n, m in zip(names, means, strict=True)},
-                               std=float(rewards.std()), clip=float(clip))
+    return PromptNormalization(means=_group_means(prompts, rewards), std=float(rewards.std()), clip=float(clip))
 
 
 def read_prompt_normalization(files: list[Path], column: str, clip: float) -> PromptNormalization:
     """fit_prompt_normalization over the scored rows of the sample files (reads two columns)."""
-    table = pads.dataset([str(f) for f in files], format="parquet").to_table(
-        columns=["prompt", column], filter=pc.field(column).is_valid())
+    table = _read_scored(files, column, "prompt")
     norm = fit_prompt_normalization(table.column("prompt").to_pylist(),
                                     table.column(column).to_numpy().astype(np.float64), clip)
     log.info("per-prompt %s normalisation: %d prompts, %d samples, std %.4g, clip %g",
@@ -103,11 +95,7 @@ class CategoryRateWeighting:
 
     def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
         """r' = r · r̄ / Z(g) for each (prompt, r), as float64."""
-        missing = sorted({p for p in prompts if p not in self.factors})
-        if missing:
-            raise KeyError(f"no category rate for prompt(s) {missing[:3]}: the statistics were computed "
-                           "from other samples than the ones being weighted")
-        return np.asarray(rewards, dtype=np.float64) * np.array([self.factors[p] for p in prompts], dtype=np.float64)
+        return np.asarray(rewards, dtype=np.float64) * _per_prompt(self.factors, prompts, "category rate", "weighted")
 
 
 def fit_category_weighting(prompts: Sequence[str], categories: Sequence[str], rewards: np.ndarray
@@ -121,24 +109,44 @@ def fit_category_weighting(prompts: Sequence[str], categories: Sequence[str], re
         if of_prompt.setdefault(prompt, category) != category:
             raise ValueError(f"prompt {prompt!r} has samples in categories {of_prompt[prompt]!r} and "
                              f"{category!r}; reward_normalization='category' needs one category per prompt")
-    names, group = np.unique(np.asarray(categories, dtype=object).astype(str), return_inverse=True)
-    rates = np.bincount(group, weights=rewards) / np.bincount(group)
+    rates = _group_means(categories, rewards)
     overall = float(rewards.mean())
-    factor = {str(n): (overall / z if z > 0 else 0.0) for n, z in zip(names, rates, strict=True)}
+    factor = {c: (overall / z if z > 0 else 0.0) for c, z in rates.items()}
     log.info("category reward rates %s, round mean %.4g",
-             ", ".join(f"{n or '(none)'} {z:.3g}" for n, z in zip(names, rates, strict=True)), overall)
+             ", ".join(f"{c or '(none)'} {z:.3g}" for c, z in rates.items()), overall)
     return CategoryRateWeighting(factors={p: factor[c] for p, c in of_prompt.items()})
 
 
 def read_category_weighting(files: list[Path], column: str) -> CategoryRateWeighting:
     """fit_category_weighting over the scored rows of the sample files (reads three columns)."""
-    table = pads.dataset([str(f) for f in files], format="parquet").to_table(
-        columns=["prompt", "category", column], filter=pc.field(column).is_valid())
+    table = _read_scored(files, column, "prompt", "category")
     return fit_category_weighting(table.column("prompt").to_pylist(), table.column("category").to_pylist(),
                                   table.column(column).to_numpy().astype(np.float64))
 
 
 RewardTransform = PromptNormalization | CategoryRateWeighting
+
+
+def _group_means(keys: Sequence[str], rewards: np.ndarray) -> dict[str, float]:
+    """Mean reward of each distinct key (prompt or category), in sorted key order."""
+    names, group = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
+    means = np.bincount(group, weights=rewards) / np.bincount(group)
+    return {str(n): float(m) for n, m in zip(names, means, strict=True)}
+
+
+def _per_prompt(values: dict[str, float], prompts: Sequence[str], what: str, done: str) -> np.ndarray:
+    """values[p] for each prompt; a prompt the round's statistics never saw is an error."""
+    missing = sorted({p for p in prompts if p not in values})
+    if missing:
+        raise KeyError(f"no {what} for prompt(s) {missing[:3]}: the statistics were computed "
+                       f"from other samples than the ones being {done}")
+    return np.array([values[p] for p in prompts], dtype=np.float64)
+
+
+def _read_scored(files: list[Path], column: str, *others: str) -> pa.Table:
+    """The `others` columns and r of the rows whose r is set."""
+    return pads.dataset([str(f) for f in files], format="parquet").to_table(
+        columns=[*others, column], filter=pc.field(column).is_valid())
 
 
 def normalize_reward_column(batch: pa.Table, column: str, norm: RewardTransform) -> pa.Table:
