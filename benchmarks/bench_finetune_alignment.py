@@ -14,6 +14,8 @@ A full run (a few hours on 2 contended cores):
 The objectives on the same samples (the samples are cached under --out, so each arm only trains
 and judges; ~8 min an arm on 2 cores at 384 steps):
     ... --beta 0 --only-beta --skip-base --max-steps 384 --lr 1e-4 --ema-decay 0.95 [--objective negative_aware]
+Any other fine-tuning setting with --set (named in the arm), judged on two evaluation seeds:
+    ... --set 'timestep_range=[0.5,1]' --set mixed_precision=bf16 --eval-seeds 0 1
 A smoke test: --train-samples 32 --per-category 2 --max-steps 2 --gen-steps 2
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import yaml
 
 from t2i_rlhf.diffusion.latents import decode_latents, encode_images
 from t2i_rlhf.evaluation import evaluate_model, load_pipeline
@@ -139,6 +142,11 @@ def main() -> None:
     ap.add_argument("--ema-decay", type=float, default=0.0, help="export an EMA of the weights (0: off)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other FinetuneConfig field, VALUE in YAML (e.g. timestep_range=[0.5,1]); "
+                         "named in the arm's name")
+    ap.add_argument("--eval-seeds", type=int, nargs="+", default=[0],
+                    help="evaluation seeds (prompts and noise); settings chosen on one, reported on another")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = args.out.resolve()
@@ -154,6 +162,7 @@ def main() -> None:
     if not pretrain.exists():
         write_pretrain_parquet(pretrain, args.pretrain, first_seed=70_000_000, policy=policy)
 
+    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     models = {} if args.skip_base else {"base": model}
     nft = args.objective == "negative_aware"
     norm = args.reward_normalization or ("prompt" if nft else "none")
@@ -162,10 +171,13 @@ def main() -> None:
                              lr=args.lr, lora=args.lora, lora_rank=args.lora_rank, lora_lr=args.lr,
                              objective=args.objective, reward_normalization=norm,
                              ema_decay=args.ema_decay, num_workers=args.workers,
-                             threads_per_worker=args.threads, latent_cache=out / "cache", checkpoint_every=100)
+                             threads_per_worker=args.threads, latent_cache=out / "cache", checkpoint_every=100,
+                             **extra)
         name = ("nft-" if nft else "") + ("raw-" if nft and norm == "none" else "") + (
             "cat-" if norm == "category" else "") + f"beta{beta:g}-lr{args.lr:g}" + (
-            f"-lora{args.lora_rank}" if args.lora else "") + (f"-ema{args.ema_decay:g}" if args.ema_decay else "")
+            f"-lora{args.lora_rank}" if args.lora else "") + (f"-ema{args.ema_decay:g}" if args.ema_decay else "") + (
+            f"-{args.max_steps}steps" if args.max_steps not in (None, 384) else "") + "".join(
+            f"-{k}{v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in extra.items())
         manifest = finetune_round(cfg, samples, pretrain, model, out / "versions" / name, round=1,
                                   version=f"bench-{name}-{cfg.config_hash()[:6]}", storage_path=out / "ray")
         log.info("%s: %d steps, final metrics %s", name, manifest.steps, manifest.metrics)
@@ -173,12 +185,16 @@ def main() -> None:
 
     results = {}
     for name, path in models.items():
-        r = evaluate_model(path, args.clip, out / "eval" / name, per_category=args.per_category, split=args.split,
-                           steps=args.gen_steps, guidance=args.guidance, threads=args.threads)
-        results[name] = r.to_dict()
-        print(r.table(), "\n")
-    summary = {name: {"judged_good": r["overall"]["good"], "stderr": r["overall"]["stderr"], "fid": r["fid"]}
-               for name, r in results.items()}
+        for seed in args.eval_seeds:
+            key = name if seed == 0 else f"{name}@seed{seed}"
+            r = evaluate_model(path, args.clip, out / "eval" / key, per_category=args.per_category,
+                               split=args.split, steps=args.gen_steps, guidance=args.guidance, seed=seed,
+                               threads=args.threads)
+            results[key] = r.to_dict()
+            print(key, "\n", r.table(), "\n")
+    summary = {key: {"judged_good": r["overall"]["good"], "stderr": r["overall"]["stderr"], "fid": r["fid"],
+                     "per_category": {c["category"]: c["good"] for c in r["categories"]}}
+               for key, r in results.items()}
     (out / "summary.json").write_text(json.dumps({"args": vars(args), "summary": summary}, indent=2, default=str))
     print(json.dumps(summary, indent=2))
 

@@ -49,6 +49,11 @@ class FinetuneConfig(BaseModel):
     model_fraction: float = Field(0.5, gt=0.0, le=1.0, description=(
         "Share of each batch from model samples, the rest pre-training examples; `batch_size` must leave "
         "room for at least one of those unless `beta` is 0 or this is 1."))
+    timestep_range: tuple[float, float] = Field((0.0, 1.0), description=(
+        "The share of the noise schedule the loss samples t from, uniformly: [lo, hi) of "
+        "num_train_timesteps (1 is pure noise). Where the layout (an image's count, its objects' "
+        "places) is decided, at high noise, a range such as [0.5, 1] spends every step there, and leaves "
+        "the low-noise detail (colours, edges) as the parent drew it."))
     caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description=(
         "Share of pre-training captions replaced by \"\", as in the base model's own pre-training, so that "
         "the unconditional prediction classifier-free guidance subtracts stays anchored to the base's."))
@@ -110,6 +115,9 @@ class FinetuneConfig(BaseModel):
         if self.objective == "negative_aware" and self.reward_normalization == "category":
             raise ValueError("reward_normalization='category' is for objective='reward_weighted': its r' can "
                              "exceed 1, and the negative-aware loss reads r as a probability; use 'prompt'")
+        lo, hi = self.timestep_range
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"timestep_range={list(self.timestep_range)} must satisfy 0 <= lo < hi <= 1")
         if self.uses_pretrain and self.pretrain_batch < 1:
             raise ValueError(
                 f"batch_size={self.batch_size} with model_fraction={self.model_fraction} leaves no room "

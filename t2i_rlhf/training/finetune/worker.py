@@ -118,8 +118,8 @@ class Finetuner:
             texts += drop_captions(list(pretrain["caption"]), cfg.caption_dropout, gen)
         x0 = torch.cat(latents).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
-        steps = self.scheduler.config.num_train_timesteps
-        t = torch.randint(0, steps, (len(x0),), generator=gen).to(self.device)
+        t = sample_timesteps(len(x0), self.scheduler.config.num_train_timesteps, cfg.timestep_range, gen)
+        t = t.to(self.device)
         n = len(rewards)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
@@ -175,6 +175,14 @@ def old_policy(start: StartingPoint, cfg: FinetuneConfig, device: torch.device) 
     unet = load_unet(start, cfg.model_copy(update={"lora": False}), None)
     unet.requires_grad_(False)
     return unet.to(device).eval()
+
+
+def sample_timesteps(n: int, steps: int, share: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """n timesteps uniform on [lo·steps, hi·steps): the whole schedule by default, or the part of it
+    `timestep_range` names. The pre-training term's examples draw from the same range, so β anchors
+    the same noise levels the model term moves."""
+    lo, hi = round(share[0] * steps), max(round(share[0] * steps) + 1, round(share[1] * steps))
+    return torch.randint(lo, hi, (n,), generator=gen)
 
 
 def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[str]:

@@ -12,7 +12,7 @@ from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.data import micro_batches
 from t2i_rlhf.training.finetune.loss import denoising_errors, finetune_loss
 from t2i_rlhf.training.finetune.trainer import cpus_needed
-from t2i_rlhf.training.finetune.worker import amp_dtype, drop_captions, steps_for
+from t2i_rlhf.training.finetune.worker import amp_dtype, drop_captions, sample_timesteps, steps_for
 
 
 def test_loss_matches_hand_computed_value():
@@ -129,6 +129,20 @@ def test_caption_dropout_blanks_pretraining_captions_at_its_rate():
     assert all(d in ("", c) for d, c in zip(dropped, captions, strict=True))
     assert 0.08 < dropped.count("") / len(captions) < 0.12
     assert dropped == drop_captions(captions, 0.1, torch.Generator().manual_seed(0))  # resumable
+
+
+def test_timesteps_are_drawn_from_the_configured_share_of_the_schedule():
+    full = sample_timesteps(4000, 1000, (0.0, 1.0), torch.Generator().manual_seed(3))
+    # the default is the draw every run made before the option existed: resumes and seeds unchanged
+    assert torch.equal(full, torch.randint(0, 1000, (4000,), generator=torch.Generator().manual_seed(3)))
+    high = sample_timesteps(4000, 1000, (0.5, 1.0), torch.Generator().manual_seed(3))
+    assert int(high.min()) == 500 and int(high.max()) == 999
+    assert 700 < float(high.float().mean()) < 800
+    assert set(sample_timesteps(50, 1000, (0.3, 0.3001), torch.Generator()).tolist()) == {300}
+    with pytest.raises(ValidationError, match="timestep_range"):
+        FinetuneConfig(timestep_range=(0.6, 0.4))
+    with pytest.raises(ValidationError, match="timestep_range"):
+        FinetuneConfig(timestep_range=(0.0, 1.5))
 
 
 class FakeShard:
