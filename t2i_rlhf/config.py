@@ -78,6 +78,10 @@ class RolloutSection(_Strict):
     buffer_capacity: int = Field(4096, ge=1, description=(
         "Samples the shared sample buffer holds at once; generators wait while it is full."))
     ready_timeout_s: float = Field(900, gt=0, description="Seconds for the actors to load their models.")
+    max_restarts: int = Field(3, ge=-1, description=(
+        "Times Ray restarts a generator or scorer actor that dies (a lost node, a killed process); -1: without "
+        "limit, 0: never. A restarted actor is set to the current model or reward-model version before it gets "
+        "work again, and the chunk it lost is generated again, so every sample is stored once."))
     generation: GenerationConfig = Field(GenerationConfig(), description=(
         "Sampling and placement options of each generator actor."))
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description=(

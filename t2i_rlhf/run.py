@@ -149,15 +149,14 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
     actors = start_actors(
         cfg.model.base, str(run_dir / "samples"), n_generators=r.generators, config=r.generation,
         capacity=r.buffer_capacity, strategy=r.placement_strategy, ready_timeout_s=r.ready_timeout_s,
-        resources=r.generator_resources,
+        resources=r.generator_resources, max_restarts=r.max_restarts,
     )
     try:
         with feedback_endpoint(cfg, run_dir) as feedback:
-            ctx = steps.LoopContext(cfg, run_dir, actors, feedback, state, scorers=[])
+            ctx = steps.LoopContext(cfg, run_dir, actors, feedback, state)
             d = Driver(ctx, store)
             if state.reward_model_location:  # resumed: the scorers take up the last reward model
-                ctx.scorers.extend(steps.start_scorers(cfg, state.reward_model_location,
-                                                       state.reward_model_version))
+                ctx.scorers = steps.start_scorers(cfg, state.reward_model_location, state.reward_model_version)
             steps.push_weights(ctx, state.model_version, state.model_location)
             grid = grid_items("heldout", per_category=2)
             ensure_base_eval(ctx, store, grid)

@@ -15,6 +15,7 @@ _EXPORTS = {
     "load_round": "buffer",
     "GenerationConfig": "generator", "Generator": "generator", "GeneratorActor": "generator",
     "sample_id": "generator",
+    "ActorGroup": "restarts", "StaleVersionError": "restarts",
     "RolloutActors": "rollout", "RoundSummary": "rollout", "run_generation_round": "rollout",
     "start_actors": "rollout",
     "RewardScorer": "scorer", "RewardScorerActor": "scorer", "judge_reward": "scorer",

@@ -3,9 +3,11 @@
 It is a plain class so it can be used in-process (benchmarks, notebooks) and as a Ray actor
 (`GeneratorActor`). Every sample records the model version that made it; `update_weights` swaps
 UNet or LoRA weights in place, so a long-lived actor follows the fine-tuning rounds without a
-restart. Images are deterministic per sample: each sample's initial noise comes from its own
-`torch.Generator` seeded with its seed, so the same seed and weights give the same image whatever
-else is in the batch (up to float round-off of batched kernels).
+restart. (When Ray does restart it, it comes back with its constructor's weights, and
+actors/restarts.py brings it to the current version.) Images are deterministic per sample: each
+sample's initial noise comes from its own `torch.Generator` seeded with its seed, so the same seed
+and weights give the same image whatever else is in the batch (up to float round-off of batched
+kernels).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ray
 import torch
 
 from t2i_rlhf.actors.generation_config import GenerationConfig
+from t2i_rlhf.actors.restarts import check_version
 from t2i_rlhf.diffusion.latents import decode_latents, encode_images
 from t2i_rlhf.logs import quiet_diffusers_loading
 from t2i_rlhf.model_version import BASE_VERSION, MANIFEST, read_manifest
@@ -99,10 +102,13 @@ class Generator:
     # --- generation ----------------------------------------------------------------------------
 
     def generate(self, round: int, items: list[tuple[str, int]], steps: int | None = None,
-                 guidance_scale: float | None = None) -> pa.RecordBatch:
+                 guidance_scale: float | None = None, *, expect_version: str | None = None) -> pa.RecordBatch:
         """Images for (prompt, seed) pairs, in order, as one SAMPLE_SCHEMA batch (unscored).
         `steps` / `guidance_scale` override the configured sampling for this call only: the
-        evaluation samples as it is configured to, whatever the rollout's settings."""
+        evaluation samples as it is configured to, whatever the rollout's settings. With
+        `expect_version`, a generator holding another version (Ray restarted it with its
+        constructor's weights) raises StaleVersionError instead of drawing samples."""
+        check_version("generator", self._version, expect_version)
         if not items:
             raise ValueError("generate() needs at least one (prompt, seed) pair")
         if steps is not None and steps < 1:

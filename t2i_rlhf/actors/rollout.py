@@ -8,13 +8,16 @@ stops new generation instead of piling up results), and collects small put recei
 
 Actors are placed in one placement group with a bundle per actor, built from the per-actor
 resources in the config: `num_gpus=1` gives each generator a GPU on a cluster, `num_cpus=1`
-a CPU here, with the same code.
+a CPU here, with the same code. Ray restarts a generator or scorer that dies (`max_restarts`); a
+chunk it failed is stored again once the actor is back at the driver's version (actors/restarts.py),
+and the buffer's dedup by sample id keeps every sample once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from t2i_rlhf.actors.buffer import SampleBufferActor
 from t2i_rlhf.actors.generator import GenerationConfig, GeneratorActor, check_pipeline_dir
+from t2i_rlhf.actors.restarts import MAX_ATTEMPTS, ActorGroup, as_group, is_recoverable, restart_options, stale_role
 from t2i_rlhf.actors.scorer import RewardScorerActor, ScoreFn
 from t2i_rlhf.model_version import BASE_VERSION
 from t2i_rlhf.ray_runtime import resource_bundle
@@ -53,6 +57,7 @@ class RoundSummary:
     reward_model_versions: list[str]
     first_score_start: float | None  # wall-clock time (time.time()) in the scorer processes
     last_generation_end: float | None
+    resubmitted: int = 0  # chunks submitted again after a generator or scorer was lost
 
     @property
     def overlap_s(self) -> float:
@@ -88,40 +93,62 @@ def run_generation_round(
 ) -> RoundSummary:
     """Generate, score and store every (prompt, seed) of a round as a stream.
 
-    generators / scorers / buffer are actor handles (GeneratorActor, RewardScorerActor,
-    SampleBufferActor); with no scorers, samples are stored unscored (round 0 of the paper has
-    no reward model yet). `max_in_flight` chunks are queued per generator. Raises the failing
-    stage's error, or TimeoutError if nothing finishes for `stall_timeout_s`.
+    generators / scorers are ActorGroups (see actors/restarts.py; a plain list of handles expects
+    no version), buffer a SampleBufferActor; with no scorers, samples are stored unscored (round 0
+    of the paper has no reward model yet). `max_in_flight` chunks are queued per generator. A chunk
+    failed by a lost or restarted actor is submitted again once that actor is back at its group's
+    version. Raises the failing stage's error, or TimeoutError if nothing finishes for
+    `stall_timeout_s`.
     """
     items = _check_items(items)
+    generators = as_group(generators, role="generator", setter="update_weights")
+    scorers = as_group(scorers, role="scorer", setter="update_reward_model")
     if not generators:
         raise ValueError("run_generation_round needs at least one generator")
     if batch_size < 1 or max_in_flight < 1:
         raise ValueError("batch_size and max_in_flight must be >= 1")
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     start = time.time()
-    next_chunk, next_scorer = 0, 0
+    todo = deque(range(len(chunks)))  # chunk indices to submit, resubmissions first
+    attempts = [0] * len(chunks)
+    next_scorer = 0
     busy = [0] * len(generators)
     gen_refs: dict[ray.ObjectRef, int] = {}  # generate() ref -> generator index
-    put_refs: dict[ray.ObjectRef, int] = {}  # put() ref -> chunk index
+    put_refs: dict[ray.ObjectRef, tuple[int, int, int | None]] = {}  # put() ref -> (chunk, generator, scorer)
     max_chains = max_in_flight * len(generators) + len(scorers)
     receipts: list[dict] = []
 
     def submit(g: int) -> None:
-        nonlocal next_chunk, next_scorer
-        ref = generators[g].generate.remote(round, chunks[next_chunk])
+        nonlocal next_scorer
+        c = todo.popleft()
+        attempts[c] += 1
+        ref = generators[g].generate.remote(round, chunks[c], expect_version=generators.version)
         gen_refs[ref] = g
         busy[g] += 1
+        s = None
         if scorers:
-            ref_scored = scorers[next_scorer % len(scorers)].score_batch.remote(ref)
+            s = next_scorer % len(scorers)
+            ref = scorers[s].score_batch.remote(ref, expect_version=scorers.version)
             next_scorer += 1
-        else:
-            ref_scored = ref
-        put_refs[buffer.put.remote(ref_scored, put_timeout_s)] = next_chunk
-        next_chunk += 1
+        put_refs[buffer.put.remote(ref, put_timeout_s)] = (c, g, s)
 
-    while next_chunk < len(chunks) or put_refs:
-        while next_chunk < len(chunks) and len(put_refs) < max_chains:
+    def recover(error: Exception, c: int, g: int, s: int | None) -> None:
+        """Bring the chain's restarted actor back to its group's version and queue the chunk again;
+        re-raise what no restart explains. Nothing of a failed chain was stored: its put did not run."""
+        if not is_recoverable(error) or attempts[c] >= MAX_ATTEMPTS:
+            raise error
+        role = stale_role(error)
+        log.warning("round %d: chunk %d failed (%s: %s); resubmitting it", round, c, type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "")
+        if role != "scorer":
+            generators.resync(g)
+        if role != "generator" and s is not None:
+            scorers.resync(s)
+        todo.appendleft(c)
+
+    resubmitted = 0
+    while todo or put_refs:
+        while todo and len(put_refs) < max_chains:
             g = int(np.argmin(busy))
             if busy[g] >= max_in_flight:
                 break
@@ -135,9 +162,13 @@ def run_generation_round(
         for ref in ready:
             if ref in gen_refs:
                 busy[gen_refs.pop(ref)] -= 1
-            else:
-                put_refs.pop(ref)
+                continue
+            chain = put_refs.pop(ref)
+            try:
                 receipts.append(ray.get(ref))  # re-raises a failure of any stage of this chain
+            except Exception as e:
+                recover(e, *chain)
+                resubmitted += 1
     wall = time.time() - start
 
     rewards = np.array([r for rec in receipts for r in rec["rewards"] if r is not None], np.float64)
@@ -156,9 +187,11 @@ def run_generation_round(
         reward_model_versions=sorted({str(v) for v in ray.get([s.version.remote() for s in scorers])}),
         first_score_start=min((t[0] for t in score_times), default=None),
         last_generation_end=max((t[1] for t in gen_times), default=None),
+        resubmitted=resubmitted,
     )
-    log.info("round %d: %d samples (%d new) in %.1f s, %.2f img/s, reward mean %s",
-             round, summary.generated, added, wall, summary.images_per_s, summary.reward_mean)
+    log.info("round %d: %d samples (%d new) in %.1f s, %.2f img/s, reward mean %s%s",
+             round, summary.generated, added, wall, summary.images_per_s, summary.reward_mean,
+             f", {resubmitted} chunks resubmitted after lost actors" if resubmitted else "")
     return summary
 
 
@@ -166,8 +199,8 @@ def run_generation_round(
 class RolloutActors:
     """The actors of a rollout and the placement group that holds their resources."""
 
-    generators: list
-    scorers: list
+    generators: ActorGroup
+    scorers: ActorGroup
     buffer: object
     placement_group: PlacementGroup | None = None
     owned: list = field(default_factory=list)  # actors to kill on shutdown (not a shared buffer)
@@ -203,9 +236,11 @@ def start_actors(
     strategy: str = "PACK",
     ready_timeout_s: float = 300.0,
     resources: dict[str, float] | None = None,
+    max_restarts: int = 3,
 ) -> RolloutActors:
     """Start N generators and M scorers in one placement group (plus a buffer unless one is
-    given), and wait until they are ready, so that bad paths fail here with their own error."""
+    given), and wait until they are ready, so that bad paths fail here with their own error.
+    Ray restarts a generator or scorer up to `max_restarts` times (-1: always, 0: never)."""
     cfg = GenerationConfig.model_validate(config or {})
     check_pipeline_dir(model_dir)
     if n_generators < 1:
@@ -228,19 +263,21 @@ def start_actors(
     def placed(i: int) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
 
-    generators = [
+    restarts = restart_options(max_restarts)
+    generators = ActorGroup([
         GeneratorActor.options(
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=resources or None,
-            scheduling_strategy=placed(i),
+            scheduling_strategy=placed(i), **restarts,
         ).remote(str(model_dir), cfg.model_dump(), model_version)
         for i in range(n_generators)
-    ]
-    scorers = [
+    ], role="generator", setter="update_weights", version=model_version, timeout_s=ready_timeout_s)
+    scorers = ActorGroup([
         RewardScorerActor.options(
-            num_cpus=scorer_num_cpus, num_gpus=scorer_num_gpus, scheduling_strategy=placed(n_generators + j)
+            num_cpus=scorer_num_cpus, num_gpus=scorer_num_gpus, scheduling_strategy=placed(n_generators + j),
+            **restarts,
         ).remote(scorer_model, scorer_version)
         for j in range(n_scorers)
-    ]
+    ], role="scorer", setter="update_reward_model", version=scorer_version, timeout_s=ready_timeout_s)
     owned = [*generators, *scorers]
     if buffer is None:
         buffer = SampleBufferActor.remote(str(storage), capacity)

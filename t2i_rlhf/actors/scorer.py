@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from t2i_rlhf.actors.restarts import check_version
 from t2i_rlhf.samples import SAMPLE_SCHEMA, decode_png, validate_batch
 from t2i_rlhf.shapes import judge
 
@@ -101,8 +102,11 @@ class RewardScorer:
         log.info("scorer now uses reward model %s", version)
         return version
 
-    def score_batch(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
-        """The batch with `reward` and `reward_model_version` filled in."""
+    def score_batch(self, batch: pa.RecordBatch | pa.Table, expect_version: str | None = None) -> pa.RecordBatch:
+        """The batch with `reward` and `reward_model_version` filled in. With `expect_version`, a
+        scorer holding another reward model (Ray restarted it with its constructor's) raises
+        StaleVersionError instead of scoring."""
+        check_version("scorer", self._version, expect_version)
         start = time.time()
         batch = as_sample_batch(batch)
         n = batch.num_rows

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.weights:
             version = read_manifest(args.weights).version
-            ray.get([g.update_weights.remote(version, str(args.weights)) for g in actors.generators])
+            actors.generators.update(version, str(args.weights))
         summary = run_generation_round(args.round, items, actors.generators, actors.scorers, actors.buffer,
                                        batch_size=config.batch_size)
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import ray
 from tqdm.auto import tqdm
 
 from t2i_rlhf.actors.buffer import load_round
+from t2i_rlhf.actors.restarts import ActorGroup, call_each, restart_options
 from t2i_rlhf.actors.rollout import RolloutActors, run_generation_round
 from t2i_rlhf.actors.scorer import RewardScorerActor
 from t2i_rlhf.config import ExperimentConfig
@@ -35,6 +36,11 @@ from t2i_rlhf.shapes.prompts import Prompt, sample_prompts
 log = logging.getLogger(__name__)
 
 
+def scorer_group(actors: list, version: str | None, timeout_s: float = 900.0) -> ActorGroup:
+    """Scorer actors as a group whose reward-model version a restarted one is brought back to."""
+    return ActorGroup(actors, role="scorer", setter="update_reward_model", version=version, timeout_s=timeout_s)
+
+
 @dataclass
 class LoopContext:
     """What every step may use: the config, the run directory, the actors, the service."""
@@ -44,7 +50,8 @@ class LoopContext:
     actors: RolloutActors
     feedback: FeedbackClient
     state: RunState
-    scorers: list  # reward scorer actors, created once a reward model exists
+    # reward scorer actors, created once a reward model exists
+    scorers: ActorGroup = field(default_factory=lambda: scorer_group([], None))
 
     def round_dir(self, round: int) -> Path:
         return self.run_dir / f"round-{round:04d}"
@@ -199,19 +206,20 @@ def train_reward(ctx: LoopContext, round: int) -> dict:
                                  need=resource_bundle(config.num_cpus, config.num_gpus),
                                  warn_after_s=ctx.cfg.run.resource_wait_warn_s)
     if ctx.scorers:
-        ray.get([s.update_reward_model.remote(version, str(out)) for s in ctx.scorers])
+        ctx.scorers.update(version, str(out))
     else:
-        ctx.scorers.extend(start_scorers(ctx.cfg, str(out), version))
+        ctx.scorers = start_scorers(ctx.cfg, str(out), version)
     return {"version": version, "location": str(out), "n_labelled": data.num_rows,
             "heldout": metrics["heldout"], "train": metrics["train"]}
 
 
-def start_scorers(cfg: ExperimentConfig, location: str, version: str) -> list:
+def start_scorers(cfg: ExperimentConfig, location: str, version: str) -> ActorGroup:
     """The run's scorer actors on a reward model; they live until the run ends (counted as held
-    by online/resources.py from the same fields)."""
+    by online/resources.py from the same fields). Ray restarts one that dies."""
     r = cfg.rollout
-    return [RewardScorerActor.options(num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus).remote(location, version)
-            for _ in range(r.scorers)]
+    options = {"num_cpus": r.scorer_num_cpus, "num_gpus": r.scorer_num_gpus, **restart_options(r.max_restarts)}
+    return scorer_group([RewardScorerActor.options(**options).remote(location, version) for _ in range(r.scorers)],
+                        version, timeout_s=r.ready_timeout_s)
 
 
 def rescore_samples(ctx: LoopContext, round: int) -> dict:
@@ -220,8 +228,9 @@ def rescore_samples(ctx: LoopContext, round: int) -> dict:
     first = 0 if ctx.cfg.run.finetune_from == "base" else round
     table = pa.concat_tables(load_round(ctx.samples_root, r) for r in range(first, round + 1))
     batches = table.to_batches(max_chunksize=64)
-    refs = [ctx.scorers[i % len(ctx.scorers)].score_batch.remote(b) for i, b in enumerate(batches)]
-    scored = pa.Table.from_batches(ray.get(refs))
+    scorers = ctx.scorers
+    scored = pa.Table.from_batches(call_each(
+        scorers, batches, lambda s, b: s.score_batch.remote(b, expect_version=scorers.version)))
     path = ctx.round_dir(round) / "scored.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(scored, path.with_suffix(".tmp"))
@@ -250,7 +259,7 @@ def push_weights(ctx: LoopContext, version: str, location: str | None) -> None:
     """New weights to every generator; samples from now on carry `version`."""
     if location is None or version == BASE_VERSION:
         return
-    ray.get([g.update_weights.remote(version, location) for g in ctx.actors.generators])
+    ctx.actors.generators.update(version, location)
     log.info("generators now at model version %s", version)
 
 
@@ -260,9 +269,9 @@ def generate_with_actors(ctx: LoopContext, items: list[tuple[str, int]], chunk: 
     """Images for (prompt, seed) pairs from the generator actors (current weights), in order,
     sampled with the evaluation's steps and guidance (the rollout may sample differently)."""
     gens, ev = ctx.actors.generators, ctx.cfg.eval
-    refs = [gens[i % len(gens)].generate.remote(-1, items[s : s + chunk], ev.steps, ev.guidance)
-            for i, s in enumerate(range(0, len(items), chunk))]
-    batches = ray.get(refs)
+    chunks = [items[s : s + chunk] for s in range(0, len(items), chunk)]
+    batches = call_each(gens, chunks, lambda g, c: g.generate.remote(
+        -1, c, ev.steps, ev.guidance, expect_version=gens.version))
     return np.stack([decode_png(b) for batch in batches for b in batch.column("image").to_pylist()])
 
 

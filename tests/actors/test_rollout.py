@@ -75,8 +75,8 @@ def test_round_streams_into_the_buffer_and_tags_versions(ray_session, actors, sd
 
     # New weights: every later sample names the version that made it.
     v1 = unet_version(tmp_path, sd_model_dir, "r0001")
-    assert ray.get([g.update_weights.remote("r0001", str(v1)) for g in actors.generators]) == ["r0001"] * 2
-    ray.get(actors.scorers[0].update_reward_model.remote("judge-2", judge_reward))
+    assert actors.generators.update("r0001", str(v1)) == ["r0001"] * 2
+    actors.scorers.update("judge-2", judge_reward)
     summary = run_generation_round(1, ITEMS[:4], actors.generators, actors.scorers, actors.buffer)
     assert summary.model_versions == ["r0001"] and summary.reward_model_versions == ["judge-2"]
     round1 = ray.get(actors.buffer.samples.remote(1, ["model_version", "reward_model_version"])).to_pylist()
