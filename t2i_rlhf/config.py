@@ -94,6 +94,14 @@ class RolloutSection(_Strict):
 class SimulatedLabellers(_Strict):
     workers: int = Field(4, ge=1, description="Simulated labellers posting at once.")
     noise: float = Field(0.1, ge=0, le=1, description="Fraction of verdicts flipped.")
+    labels_per_s: float | None = Field(None, ge=0, allow_inf_nan=False, description=(
+        "Each simulated labeller's mean rate, as a person labels (e.g. 0.25: 4 s a label), each label "
+        "posted as it is made; null or 0: as fast as the service answers. A round's labelling then takes "
+        "about `labels_per_round` / (`workers` · `labels_per_s`) seconds."))
+    rate_spread: float = Field(0.5, ge=0, le=5, allow_inf_nan=False, description=(
+        "Coefficient of variation of each label's think time, drawn from a lognormal with mean "
+        "1 / `labels_per_s`, reproducibly from `run.seed`, the labeller and the sample; 0: every label "
+        "takes the mean. Read only with `labels_per_s`."))
 
 
 class LabellerReliability(_Strict):

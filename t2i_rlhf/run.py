@@ -104,9 +104,10 @@ def feedback_endpoint(cfg: ExperimentConfig, run_dir: Path) -> Iterator[Feedback
     with contextlib.ExitStack() as stack:
         url = lab.url or stack.enter_context(local_feedback_service(
             run_dir / "feedback.db", admin, labeller, run_dir / "logs" / "feedback.log"))
-        if lab.simulate:
-            stack.enter_context(simulated_labellers(url, labeller, lab.simulate.workers, lab.simulate.noise,
-                                                    cfg.run.seed, run_dir / "logs" / "labellers.log"))
+        if sim := lab.simulate:
+            stack.enter_context(simulated_labellers(url, labeller, sim.workers, sim.noise, cfg.run.seed,
+                                                    run_dir / "logs" / "labellers.log",
+                                                    labels_per_s=sim.labels_per_s, rate_spread=sim.rate_spread))
         client = stack.enter_context(FeedbackClient(url, admin))
         client.health()
         print(f"feedback service: {url}  (labelling page: {url}/)\n"

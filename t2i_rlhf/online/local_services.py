@@ -62,12 +62,21 @@ def local_feedback_service(db_path: Path, admin_token: str, labeller_token: str,
 
 @contextlib.contextmanager
 def simulated_labellers(url: str, token: str, workers: int, noise: float, seed: int,
-                        log_path: Path) -> Iterator[subprocess.Popen]:
-    """`t2i-rlhf label simulate --follow` in a child process: the people of the demo."""
+                        log_path: Path, labels_per_s: float | None = None,
+                        rate_spread: float | None = None) -> Iterator[subprocess.Popen]:
+    """`t2i-rlhf label simulate --follow` in a child process: the people of the demo, each at
+    `labels_per_s` (None or 0: as fast as possible) with think times of CV `rate_spread` (None:
+    the command's default)."""
+    rate = []
+    if labels_per_s:
+        rate = ["--labels-per-s", str(labels_per_s)]
+        rate += [] if rate_spread is None else ["--rate-spread", str(rate_spread)]
+        log.info("simulated labellers: %d at %.3g labels/s each (%.1f s a label, spread %s)",
+                 workers, labels_per_s, 1 / labels_per_s, "default" if rate_spread is None else rate_spread)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             _cli("label", "simulate", "--url", url, "--workers", str(workers),
-                 "--noise", str(noise), "--seed", str(seed), "--follow"),
+                 "--noise", str(noise), "--seed", str(seed), "--follow", *rate),
             stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
             # the token goes by environment, not argv: a random token that starts with "-" was
             # read by argparse as a missing value (1 run in 64), and argv is visible in `ps`

@@ -73,6 +73,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--follow", action="store_true", help="keep polling for new tasks instead of stopping when idle"
     )
     m.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    m.add_argument(
+        "--labels-per-s",
+        type=float,
+        default=None,
+        help="each worker's mean rate, as a person labels; default (or 0): as fast as possible",
+    )
+    m.add_argument(
+        "--rate-spread",
+        type=float,
+        default=None,
+        help="coefficient of variation of each label's think time (lognormal; 0: every label takes "
+        "1 / --labels-per-s); default 0.5 (simulate.DEFAULT_RATE_SPREAD)",
+    )
     m.set_defaults(func=simulate)
 
 
@@ -115,8 +128,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from t2i_rlhf.services.simulate import simulate_labellers
+    from t2i_rlhf.services.simulate import DEFAULT_RATE_SPREAD, ThinkTime, simulate_labellers
 
+    spread = DEFAULT_RATE_SPREAD if args.rate_spread is None else args.rate_spread
+    think = ThinkTime(args.labels_per_s, spread)  # ValueError: a user error, before any request
     admin = os.environ.get("T2I_FEEDBACK_ADMIN_TOKEN") if args.accounts else None
     if args.accounts and not admin:
         raise ValueError("--accounts needs the admin token in T2I_FEEDBACK_ADMIN_TOKEN")
@@ -134,6 +149,7 @@ def simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         round=args.round,
         timeout_s=args.timeout,
+        think=think,
     )
     print(json.dumps(result.as_dict()))
     return 0
