@@ -32,11 +32,14 @@ from t2i_rlhf.online.report import (
     evaluation_line,
     paper_table,
     run_warnings,
+    timing_line,
+    timing_table,
     write_metrics,
     write_report,
 )
 from t2i_rlhf.online.resources import check_cluster, run_needs
 from t2i_rlhf.online.state import RunState, StateStore
+from t2i_rlhf.online.timing import timing_records
 from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.services.client import FeedbackClient
 from t2i_rlhf.shapes.captions import load_policy, write_pretrain_parquet
@@ -58,11 +61,13 @@ class Driver:
         if done is not None:
             log.info("round %d: %s already done", round, name)
             return done
-        t0 = time.monotonic()
+        started, t0 = time.time(), time.monotonic()
         log.info("round %d: %s ...", round, name)
         result = fn()
         result["seconds"] = round_s(time.monotonic() - t0)
+        result["started_at"] = float(np.round(started, 3))  # Unix time: comparable across a resume
         self.state.mark(round, name, result)
+        self.state.timing = timing_records(self.state.rounds)
         self.store.save(self.state)
         return result
 
@@ -92,6 +97,8 @@ def run_round(d: Driver, k: int, pretrain_data: str) -> None:
     if ctx.cfg.eval.every_round or k == ctx.cfg.run.rounds - 1:
         ev = d.step(k, "evaluate", lambda: steps.evaluate_current_model(ctx, tuned["version"]))
         log.info("round %d: %s", k, evaluation_line(f"{after_rounds(k + 1)} ({tuned['version']})", ev))
+    if str(k) in d.state.timing:
+        log.info("round %d: %s", k, timing_line(d.state.timing[str(k)]))
     write_metrics(ctx.run_dir, d.state)
 
 
@@ -176,6 +183,9 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path) -> RunState:
     if last:
         print("\nJudged alignment (oracle judge), base vs tuned, on seen and unseen prompts:\n")
         print(paper_table(state.base_eval, last, after_rounds(cfg.run.rounds)))
+    if table := timing_table(state):
+        print("\nWall time per round, and how much of it the labellers and the compute sat idle:\n")
+        print(table)
     for line in run_warnings(state):
         log.warning("%s", line)
     print(f"\nreport: {report}\nlogs: {run_dir / 'logs'}\nwall time: {(time.monotonic() - t0) / 60:.1f} min",

@@ -1,6 +1,7 @@
 """Reports of a run: metrics per round as JSON lines and TensorBoard events, and at the end a
 Markdown report with PNG plots (alignment per category per round, reward distribution, labels
-per round, the same prompts and seeds before and after).
+per round, the same prompts and seeds before and after) and where each round's wall time went
+(online/timing.py: how long the labellers and the compute sat idle).
 
 The report leads with what a user runs the loop for: the paper's table in miniature (base vs
 tuned, per category, on seen and on unseen prompts apart, each figure with its SE and the change
@@ -25,6 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from t2i_rlhf.evaluation import paired_change  # noqa: E402
 from t2i_rlhf.online.eval_results import MIN_CLEAN, SPLIT_NAMES, clean_warnings, eval_splits  # noqa: E402
 from t2i_rlhf.online.state import RunState  # noqa: E402
+from t2i_rlhf.online.timing import overall_timing, step_intervals, timing_records  # noqa: E402
 from t2i_rlhf.shapes.vocab import CATEGORIES  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,10 @@ def round_records(state: RunState) -> list[dict]:
     records = []
     if state.base_eval:
         records.append({"round": -1, "model_version": "base", "eval": state.base_eval})
+    timings = timing_records(state.rounds)
     for key in sorted(state.rounds, key=int):
         steps = state.rounds[key]
-        records.append({"round": int(key), **steps})
+        records.append({"round": int(key), **steps, **({"timing": timings[key]} if key in timings else {})})
     return records
 
 
@@ -80,6 +83,8 @@ def write_metrics(run_dir: Path, state: RunState) -> None:
             if "finetune" in r:
                 for k, v in (r["finetune"].get("metrics") or {}).items():
                     w.add_scalar(f"finetune/{k}", v, step)
+            for k, v in (r.get("timing") or {}).items():
+                w.add_scalar(f"timing/{k}", v, step)
 
 
 def _pct(x: float, se: float | None = None) -> str:
@@ -174,6 +179,34 @@ def run_warnings(state: RunState) -> list[str]:
     return [line for label, ev in evaluations(state) for line in clean_warnings(ev, label)]
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def timing_line(t: dict) -> str:
+    """A round's Timing.as_dict() in a line, for the log."""
+    return (f"wall {_duration(t['wall_s'])}; labellers idle {_duration(t['labeller_idle_s'])} "
+            f"({_pct(t['labeller_idle_fraction'])}), compute idle {_duration(t['compute_idle_s'])} "
+            f"({_pct(t['compute_idle_fraction'])})")
+
+
+def timing_table(state: RunState) -> str:
+    """Per round and for the whole run: wall time (the time its steps ran, a resumed run's
+    downtime left out), and how much of it labellers had nothing to label and compute waited
+    for labels. "" when no step time is recorded."""
+    intervals = step_intervals(state.rounds)
+    whole = overall_timing(intervals)
+    if whole is None:
+        return ""
+    rows = [(key, t) for key, t in timing_records(state.rounds).items()] + [("all", whole.as_dict())]
+    lines = ["| round | wall | labellers idle | compute idle |", "|---|---|---|---|"]
+    for key, t in rows:
+        lines.append(f"| {key} | {_duration(t['wall_s'])} | {_duration(t['labeller_idle_s'])} "
+                     f"({_pct(t['labeller_idle_fraction'])}) | {_duration(t['compute_idle_s'])} "
+                     f"({_pct(t['compute_idle_fraction'])}) |")
+    return "\n".join(lines)
+
+
 def _plot_alignment(records: list[dict], path: Path) -> None:
     """One panel per prompt split: judged good per category against rounds done, with SEs."""
     evals = [(r["round"] + 1, eval_splits(r.get("eval") or r.get("evaluate"))) for r in records]
@@ -240,6 +273,11 @@ def write_report(run_dir: Path, state: RunState, grid_before: Path | None, grid_
               f"model version: {state.model_version}; reward model: {state.reward_model_version}."]
     if wall_s is not None:
         lines += [f"Wall time of this invocation: {wall_s / 60:.1f} min."]
+    if table := timing_table(state):
+        lines += ["", "## Time per round", "", table, "",
+                  "Wall: the time the round's steps ran. Labellers idle: no published sample waited for a "
+                  "label (every step but `labels`, in the sequential loop); compute idle: generation and "
+                  "training waited for labels (the `labels` step)."]
     lines += ["", "![alignment per category per round](alignment.png)", "",
               "![reward distribution and labels per round](rewards_labels.png)", ""]
     for name, grid in (("before (base model)", grid_before), ("after", grid_after)):

@@ -29,6 +29,9 @@ class RunState:
     rounds: dict[str, dict[str, dict]] = field(default_factory=dict)  # round -> step -> result
     base_eval: dict | None = None  # per split (online/eval_results.py)
     finished: bool = False
+    # round -> wall time and labeller and compute idle time (online/timing.py), derived from the
+    # steps' times above whenever a step is recorded; read by people and tools, not by the loop
+    timing: dict[str, dict] = field(default_factory=dict)
 
     def done(self, round: int, step: str) -> dict | None:
         return self.rounds.get(str(round), {}).get(step)
