@@ -42,6 +42,10 @@ class FinetuneConfig(BaseModel):
         "group normalisation); `category` (reward_weighted only) uses r' = r · (mean r of the round) / "
         "(mean r of the sample's category), so each category weighs by its share of the prompts, not by "
         "how often the model already gets it right (rewards.py derives it)."))
+    reward_threshold: float | None = Field(None, gt=0.0, description=(
+        "If set, r becomes 1 where r ≥ this and 0 elsewhere, before `reward_normalization` (fit on the "
+        "result): the reward model's score read as its verdict, so the images it calls bad get no weight "
+        "instead of their score (rewards.py derives it). null: r as it is."))
     reward_clip: float = Field(1.0, gt=0.0, description=(
         "c of `reward_normalization: prompt`, in round-wide standard deviations."))
     beta: float = Field(1.0, ge=0.0, description=(

@@ -30,6 +30,15 @@ that the model term keeps the paper's overall scale against β's pre-training te
 A category with Z = 0 has r = 0 everywhere and stays 0. r' may exceed 1, so it is for the
 reward-weighted loss only.
 
+A threshold (`reward_threshold` τ), before either: r_i ← 1[r_i ≥ τ]. The reward model's score
+s(x, z) estimates P(good | x, z), so the paper's target p_old · s / Z keeps every bad image at its
+score: on this project's rounds bad images score 0.18 on average against 0.97 for good ones, and in
+a category the model gets right a third of the time a quarter of the weight then falls on bad
+images. With the threshold the target is p_old restricted to {s ≥ τ}, the parent's images the
+reward model calls good: the paper's target with a 0/1 reward, the reward model used as the
+classifier it was trained as (rejection-sampling fine-tuning). The statistics above are then fit on
+the thresholded r.
+
 The statistics are computed once on the driver, from the Parquet files, and applied to the reward
 column in the Ray Data pipeline, so the workers read one reward column whatever the setting.
 """
@@ -77,11 +86,13 @@ def fit_prompt_normalization(prompts: Sequence[str], rewards: np.ndarray, clip: 
     return PromptNormalization(means=_group_means(prompts, rewards), std=float(rewards.std()), clip=float(clip))
 
 
-def read_prompt_normalization(files: list[Path], column: str, clip: float) -> PromptNormalization:
-    """fit_prompt_normalization over the scored rows of the sample files (reads two columns)."""
+def read_prompt_normalization(files: list[Path], column: str, clip: float,
+                              before: RewardThreshold | None = None) -> PromptNormalization:
+    """fit_prompt_normalization over the scored rows of the sample files (reads two columns), of
+    their r after `before` if it is given."""
     table = _read_scored(files, column, "prompt")
-    norm = fit_prompt_normalization(table.column("prompt").to_pylist(),
-                                    table.column(column).to_numpy().astype(np.float64), clip)
+    prompts = table.column("prompt").to_pylist()
+    norm = fit_prompt_normalization(prompts, _rewards(table, column, prompts, before), clip)
     log.info("per-prompt %s normalisation: %d prompts, %d samples, std %.4g, clip %g",
              column, len(norm.means), table.num_rows, norm.std, clip)
     return norm
@@ -117,14 +128,50 @@ def fit_category_weighting(prompts: Sequence[str], categories: Sequence[str], re
     return CategoryRateWeighting(factors={p: factor[c] for p, c in of_prompt.items()})
 
 
-def read_category_weighting(files: list[Path], column: str) -> CategoryRateWeighting:
-    """fit_category_weighting over the scored rows of the sample files (reads three columns)."""
+def read_category_weighting(files: list[Path], column: str,
+                            before: RewardThreshold | None = None) -> CategoryRateWeighting:
+    """fit_category_weighting over the scored rows of the sample files (reads three columns), of
+    their r after `before` if it is given."""
     table = _read_scored(files, column, "prompt", "category")
-    return fit_category_weighting(table.column("prompt").to_pylist(), table.column("category").to_pylist(),
-                                  table.column(column).to_numpy().astype(np.float64))
+    prompts = table.column("prompt").to_pylist()
+    return fit_category_weighting(prompts, table.column("category").to_pylist(),
+                                  _rewards(table, column, prompts, before))
 
 
-RewardTransform = PromptNormalization | CategoryRateWeighting
+@dataclass(frozen=True)
+class RewardThreshold:
+    """r' = 1[r ≥ τ]: the reward model's score read as its verdict (module docstring)."""
+
+    tau: float
+
+    def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        return (np.asarray(rewards, dtype=np.float64) >= self.tau).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class ChainedTransform:
+    """Transforms applied in turn (a threshold, then a normalisation fit on its output)."""
+
+    steps: tuple[RewardThreshold | PromptNormalization | CategoryRateWeighting, ...]
+
+    def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        for step in self.steps:
+            rewards = step.apply(prompts, rewards)
+        return rewards
+
+
+RewardTransform = PromptNormalization | CategoryRateWeighting | RewardThreshold | ChainedTransform
+
+
+def chain(*steps: RewardTransform | None) -> RewardTransform | None:
+    """The given transforms in order, skipping None; None if there are none."""
+    kept = tuple(s for s in steps if s is not None)
+    return None if not kept else kept[0] if len(kept) == 1 else ChainedTransform(kept)
+
+
+def _rewards(table: pa.Table, column: str, prompts: Sequence[str], before: RewardThreshold | None) -> np.ndarray:
+    rewards = table.column(column).to_numpy().astype(np.float64)
+    return rewards if before is None else before.apply(prompts, rewards)
 
 
 def _group_means(keys: Sequence[str], rewards: np.ndarray) -> dict[str, float]:

@@ -33,6 +33,8 @@ from t2i_rlhf.training.finetune.data import (
 )
 from t2i_rlhf.training.finetune.model import export_version, resolve_base
 from t2i_rlhf.training.finetune.rewards import (
+    RewardThreshold,
+    chain,
     check_unit_interval,
     read_category_weighting,
     read_prompt_normalization,
@@ -137,11 +139,13 @@ def finetune_round(
                          f"than one micro-batch of {cfg.model_batch} model samples per worker")
     if cfg.objective == "negative_aware" and cfg.reward_normalization == "none":
         check_unit_interval(sample_files, column)
+    threshold = None if cfg.reward_threshold is None else RewardThreshold(cfg.reward_threshold)
     normalization = None
     if cfg.reward_normalization == "prompt":  # the round's statistics, applied by Ray Data
-        normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip)
+        normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip, threshold)
     elif cfg.reward_normalization == "category":
-        normalization = read_category_weighting(sample_files, column)
+        normalization = read_category_weighting(sample_files, column, threshold)
+    normalization = chain(threshold, normalization)
     ensure_ray_for(cfg)  # after the cheap checks: a bad input fails before Ray starts
     datasets = {"model": model_samples_dataset(sample_files, column, normalization)}
     pre_rows, pre_files = 0, []

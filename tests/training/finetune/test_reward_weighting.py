@@ -13,9 +13,13 @@ from pydantic import ValidationError
 
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.rewards import (
+    ChainedTransform,
+    RewardThreshold,
+    chain,
     fit_category_weighting,
     normalize_reward_column,
     read_category_weighting,
+    read_prompt_normalization,
 )
 
 PROMPTS = ["two cats", "two cats", "three dogs", "a red cat", "a red cat", "a blue dog"]
@@ -78,13 +82,33 @@ def test_category_weighting_is_for_the_reward_weighted_objective_only():
         FinetuneConfig(objective="negative_aware", reward_normalization="category")
 
 
+def test_a_threshold_reads_scores_as_verdicts_before_the_weighting_is_fit(tmp_path):
+    scores = [0.97, 0.18, 0.6, 0.95, 0.99, 0.3]  # as a reward model scores: bad images keep some weight
+    files = [_samples(tmp_path / "a.parquet", PROMPTS, CATEGORIES, scores)]
+    threshold = RewardThreshold(0.5)
+    np.testing.assert_array_equal(threshold.apply(PROMPTS, scores), [1, 0, 1, 1, 1, 0])
+    weighting = read_category_weighting(files, "reward", before=threshold)
+    # count: 2 of 3 good, colour: 2 of 3; r̄ = 4/6: every factor is 1
+    assert weighting.factors == pytest.approx({p: 1.0 for p in PROMPTS})
+    transform = chain(threshold, weighting)
+    assert isinstance(transform, ChainedTransform)
+    np.testing.assert_allclose(transform.apply(PROMPTS, scores), [1, 0, 1, 1, 1, 0])
+    assert chain(None, weighting) is weighting and chain(None, None) is None
+    # the per-prompt statistics are fit on the verdicts too
+    assert read_prompt_normalization(files, "reward", 1.0, before=threshold).means["two cats"] == 0.5
+    with pytest.raises(ValidationError, match="reward_threshold"):
+        FinetuneConfig(reward_threshold=0.0)
+
+
 @pytest.mark.ray
 def test_the_training_data_carries_the_weighted_reward(ray_session, tmp_path):
     from t2i_rlhf.training.finetune.data import model_samples_dataset
 
     files = [_samples(tmp_path / "a.parquet", PROMPTS, CATEGORIES, list(REWARDS))]
-    weighting = read_category_weighting(files, "reward")
+    threshold = RewardThreshold(0.5)  # REWARDS' 0.5 counts as good
+    weighting = chain(threshold, read_category_weighting(files, "reward", before=threshold))
     rows = model_samples_dataset(files, "reward", weighting).take_all()
     got = sorted((r["prompt"], round(float(r["reward"]), 5)) for r in rows)
     weights = weighting.apply(PROMPTS, REWARDS)
+    assert sorted(weights.tolist()) == pytest.approx([0, 0, 2 / 3, 2 / 3, 2 / 3, 2])  # count Z 1/3, colour 1
     assert got == sorted((p, round(float(w), 5)) for p, w in zip(PROMPTS, weights, strict=True))
