@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
-import torch
 
 from t2i_rlhf.actors.generator import sample_id
 from t2i_rlhf.actors.restarts import (
@@ -25,9 +24,9 @@ from t2i_rlhf.actors.restarts import (
 )
 from t2i_rlhf.actors.rollout import run_generation_round, start_actors
 from t2i_rlhf.actors.scorer import RewardScorer, judge_reward
-from t2i_rlhf.model_version import ModelManifest, write_manifest
 from t2i_rlhf.samples import SAMPLE_SCHEMA, decode_png, png_bytes
 from t2i_rlhf.shapes import parse_prompt, render, sample_prompts
+from tests.actors.test_rollout import unet_version
 
 ITEMS = [(p.text, seed) for seed, p in enumerate(sample_prompts(12, seed=5))]
 PUBLISHED = "r0001"
@@ -98,21 +97,6 @@ def restarted(actor) -> bool:
     return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().was_current_actor_reconstructed))
 
 
-def perturbed_version(root: Path, sd_model_dir: Path, version: str) -> Path:
-    """A UNet model version that draws other images than the base."""
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(sd_model_dir / "unet")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    unet.save_pretrained(root / version / "unet")
-    write_manifest(root / version, ModelManifest(version=version, round=1, parent_version="base", steps=1,
-                                                 config_hash="test"))
-    return root / version
-
-
 @pytest.fixture(scope="module")
 def actors(ray_session, sd_model_dir: Path, tmp_path_factory):
     """Two generators and one scorer, started at the base model and the judge "judge-0", then
@@ -123,7 +107,7 @@ def actors(ray_session, sd_model_dir: Path, tmp_path_factory):
         config={"steps": 3, "batch_size": 2, "num_cpus": 1, "torch_threads": 1},
         scorer_model=judge_reward, scorer_version="judge-0", n_scorers=1, capacity=256, max_restarts=3,
     )
-    started.generators.update(PUBLISHED, str(perturbed_version(root, sd_model_dir, PUBLISHED)))
+    started.generators.update(PUBLISHED, str(unet_version(root, sd_model_dir, PUBLISHED)))
     yield started
     started.shutdown()
 
