@@ -130,11 +130,20 @@ class ActorGroup(Sequence):
         ray.get(getattr(actor, self.setter).remote(self.version, self.location), timeout=self.timeout_s)
 
 
-def as_group(actors: Sequence, *, role: str, setter: str) -> ActorGroup:
-    """`actors` if it is a group; a plain list becomes one that expects no version."""
-    if isinstance(actors, ActorGroup):
-        return actors
-    return ActorGroup(actors, role=role, setter=setter, version=None)
+def generator_group(actors: Sequence, version: str | None, timeout_s: float = 900.0) -> ActorGroup:
+    """Generator actors as a group; a restarted one gets `update_weights` again."""
+    return ActorGroup(actors, role="generator", setter="update_weights", version=version, timeout_s=timeout_s)
+
+
+def scorer_group(actors: Sequence, version: str | None, timeout_s: float = 900.0) -> ActorGroup:
+    """Scorer actors as a group; a restarted one gets `update_reward_model` again."""
+    return ActorGroup(actors, role="scorer", setter="update_reward_model", version=version, timeout_s=timeout_s)
+
+
+def as_group(actors: Sequence, make: Callable[[Sequence, str | None], ActorGroup]) -> ActorGroup:
+    """`actors` if it is a group; a plain list becomes one (`generator_group` or `scorer_group`)
+    that expects no version."""
+    return actors if isinstance(actors, ActorGroup) else make(actors, None)
 
 
 def call_each(group: ActorGroup, chunks: Sequence[T], submit: Callable[[Any, T], ray.ObjectRef]) -> list:

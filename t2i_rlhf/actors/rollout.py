@@ -29,7 +29,16 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from t2i_rlhf.actors.buffer import SampleBufferActor
 from t2i_rlhf.actors.generator import GenerationConfig, GeneratorActor, check_pipeline_dir
-from t2i_rlhf.actors.restarts import MAX_ATTEMPTS, ActorGroup, as_group, is_recoverable, restart_options, stale_role
+from t2i_rlhf.actors.restarts import (
+    MAX_ATTEMPTS,
+    ActorGroup,
+    as_group,
+    generator_group,
+    is_recoverable,
+    restart_options,
+    scorer_group,
+    stale_role,
+)
 from t2i_rlhf.actors.scorer import RewardScorerActor, ScoreFn
 from t2i_rlhf.model_version import BASE_VERSION
 from t2i_rlhf.ray_runtime import resource_bundle
@@ -101,8 +110,8 @@ def run_generation_round(
     `stall_timeout_s`.
     """
     items = _check_items(items)
-    generators = as_group(generators, role="generator", setter="update_weights")
-    scorers = as_group(scorers, role="scorer", setter="update_reward_model")
+    generators = as_group(generators, generator_group)
+    scorers = as_group(scorers, scorer_group)
     if not generators:
         raise ValueError("run_generation_round needs at least one generator")
     if batch_size < 1 or max_in_flight < 1:
@@ -264,20 +273,20 @@ def start_actors(
         return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
 
     restarts = restart_options(max_restarts)
-    generators = ActorGroup([
+    generators = generator_group([
         GeneratorActor.options(
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=resources or None,
             scheduling_strategy=placed(i), **restarts,
         ).remote(str(model_dir), cfg.model_dump(), model_version)
         for i in range(n_generators)
-    ], role="generator", setter="update_weights", version=model_version, timeout_s=ready_timeout_s)
-    scorers = ActorGroup([
+    ], model_version, ready_timeout_s)
+    scorers = scorer_group([
         RewardScorerActor.options(
             num_cpus=scorer_num_cpus, num_gpus=scorer_num_gpus, scheduling_strategy=placed(n_generators + j),
             **restarts,
         ).remote(scorer_model, scorer_version)
         for j in range(n_scorers)
-    ], role="scorer", setter="update_reward_model", version=scorer_version, timeout_s=ready_timeout_s)
+    ], scorer_version, ready_timeout_s)
     owned = [*generators, *scorers]
     if buffer is None:
         buffer = SampleBufferActor.remote(str(storage), capacity)

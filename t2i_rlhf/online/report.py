@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from t2i_rlhf.evaluation import paired_change  # noqa: E402
 from t2i_rlhf.online.eval_results import MIN_CLEAN, SPLIT_NAMES, clean_warnings, eval_splits  # noqa: E402
 from t2i_rlhf.online.state import RunState  # noqa: E402
-from t2i_rlhf.online.timing import overall_timing, step_intervals, timing_records  # noqa: E402
+from t2i_rlhf.online.timing import overall_timing, round_timings, step_intervals, timing_records  # noqa: E402
 from t2i_rlhf.shapes.vocab import CATEGORIES  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def timing_table(state: RunState) -> str:
     whole = overall_timing(intervals)
     if whole is None:
         return ""
-    rows = [(key, t) for key, t in timing_records(state.rounds).items()] + [("all", whole.as_dict())]
+    rows = [(str(k), t.as_dict()) for k, t in round_timings(intervals).items()] + [("all", whole.as_dict())]
     lines = ["| round | wall | labellers idle | compute idle |", "|---|---|---|---|"]
     for key, t in rows:
         lines.append(f"| {key} | {_duration(t['wall_s'])} | {_duration(t['labeller_idle_s'])} "

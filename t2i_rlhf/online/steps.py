@@ -18,7 +18,7 @@ import ray
 from tqdm.auto import tqdm
 
 from t2i_rlhf.actors.buffer import load_round
-from t2i_rlhf.actors.restarts import ActorGroup, call_each, restart_options
+from t2i_rlhf.actors.restarts import ActorGroup, call_each, restart_options, scorer_group
 from t2i_rlhf.actors.rollout import RolloutActors, run_generation_round
 from t2i_rlhf.actors.scorer import RewardScorerActor
 from t2i_rlhf.config import ExperimentConfig
@@ -34,11 +34,6 @@ from t2i_rlhf.services.reliability import labeller_weights
 from t2i_rlhf.shapes.prompts import Prompt, sample_prompts
 
 log = logging.getLogger(__name__)
-
-
-def scorer_group(actors: list, version: str | None, timeout_s: float = 900.0) -> ActorGroup:
-    """Scorer actors as a group whose reward-model version a restarted one is brought back to."""
-    return ActorGroup(actors, role="scorer", setter="update_reward_model", version=version, timeout_s=timeout_s)
 
 
 @dataclass

@@ -181,8 +181,8 @@ def sample_timesteps(n: int, steps: int, share: tuple[float, float], gen: torch.
     """n timesteps uniform on [lo·steps, hi·steps): the whole schedule by default, or the part of it
     `timestep_range` names. The pre-training term's examples draw from the same range, so β anchors
     the same noise levels the model term moves."""
-    lo, hi = round(share[0] * steps), max(round(share[0] * steps) + 1, round(share[1] * steps))
-    return torch.randint(lo, hi, (n,), generator=gen)
+    lo = round(share[0] * steps)
+    return torch.randint(lo, max(lo + 1, round(share[1] * steps)), (n,), generator=gen)
 
 
 def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[str]:
