@@ -26,6 +26,7 @@ from pathlib import Path
 from bench_finetune_alignment import rendered_samples
 
 from t2i_rlhf.evaluation import EvalResult, evaluate_model, paired_change
+from t2i_rlhf.run import parse_overrides
 from t2i_rlhf.shapes.vocab import CATEGORIES
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.model import materialize_pipeline
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--gen-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-base", action="store_true", help="judge the tuned model only")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other fine-tuning field, e.g. --set mixed_precision=bf16 (repeatable)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work, model = args.work.resolve(), args.model.resolve()
@@ -82,7 +85,8 @@ def main() -> None:
         judge_model("base", model)  # first: a base that already fails its own targets is seen at once
     samples = rendered_samples(args.train_samples, work / f"renders-{args.train_samples}.parquet", model)
     cfg = FinetuneConfig(beta=0.0, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                         ema_decay=args.ema_decay, threads_per_worker=args.threads, checkpoint_every=250)
+                         ema_decay=args.ema_decay, threads_per_worker=args.threads, checkpoint_every=250,
+                         **parse_overrides(args.set))
     name = f"ceiling-{cfg.config_hash()[:8]}-{args.train_samples}"
     t0 = time.perf_counter()
     manifest = finetune_round(cfg, samples, None, model, work / "versions" / name, round=1, version=name,
