@@ -58,9 +58,11 @@ class FinetuneConfig(BaseModel):
         "num_train_timesteps (1 is pure noise). Where the layout (an image's count, its objects' "
         "places) is decided, at high noise, a range such as [0.5, 1] spends every step there, and leaves "
         "the low-noise detail (colours, edges) as the parent drew it."))
-    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0, description=(
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0, description=(
         "Share of pre-training captions replaced by \"\", as in the base model's own pre-training, so that "
-        "the unconditional prediction classifier-free guidance subtracts stays anchored to the base's."))
+        "the unconditional prediction classifier-free guidance subtracts stays anchored to the base's. "
+        "1: an unconditional β term, which anchors what the images look like (their colours, scenes, "
+        "variety) and says nothing of what the captions claim, e.g. their noisy count words."))
 
     # --- what is trained ---
     lora: bool = Field(False, description=(

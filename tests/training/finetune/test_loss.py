@@ -113,7 +113,7 @@ def test_config_batches_hash_and_strictness():
     assert amp_dtype("auto", torch.device("cpu")) is None
     assert amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     with pytest.raises(ValidationError, match="caption_dropout"):
-        FinetuneConfig(caption_dropout=1.0)
+        FinetuneConfig(caption_dropout=1.5)
 
 
 def test_a_round_reserves_a_cpu_for_ray_data_beyond_the_workers():
@@ -129,6 +129,7 @@ def test_caption_dropout_blanks_pretraining_captions_at_its_rate():
     assert all(d in ("", c) for d, c in zip(dropped, captions, strict=True))
     assert 0.08 < dropped.count("") / len(captions) < 0.12
     assert dropped == drop_captions(captions, 0.1, torch.Generator().manual_seed(0))  # resumable
+    assert set(drop_captions(captions, 1.0, torch.Generator().manual_seed(0))) == {""}  # unconditional β term
 
 
 def test_timesteps_are_drawn_from_the_configured_share_of_the_schedule():
