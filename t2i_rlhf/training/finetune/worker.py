@@ -223,6 +223,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    entered = time.time()
     quiet_ray_train_reports()
     cfg = FinetuneConfig(**config["finetune"])
     start = StartingPoint(**config["start"])
@@ -231,11 +232,16 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
 
+    # where the round's wall time goes outside its steps (reported with the last step; trainer.py
+    # adds the driver's side): the worker's start, loading the models, the data's first batch
+    clock = {"worker_start_s": entered - config["fit_started_at"]} if config.get("fit_started_at") else {}
+    clock.update(model_load_s=time.perf_counter(), first_batch_s=0.0, steps_s=0.0, checkpoint_s=0.0)
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as ckpt_dir:
         resume = Path(ckpt_dir) if ckpt_dir else None
         tuner = Finetuner(cfg, start, device, resume, wrap=ray.train.torch.prepare_model)
         step = tuner.load_state_dict(torch.load(resume / TRAIN_STATE, weights_only=False)) if resume else 0
+    clock["model_load_s"] = time.perf_counter() - clock["model_load_s"]
     if resume:
         log.info("worker %d resumed at step %d of %d", rank, step, total)
 
@@ -258,18 +264,28 @@ def train_loop_per_worker(config: dict) -> None:
         for _ in range(cfg.grad_accum):
             epoch, model = next(model_stream)
             batches.append((model, next(pre_stream)[1] if pre_stream else None))
+        if step == first:  # the first batch waits for the Ray Data pipeline to start: not a step
+            clock["first_batch_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
         metrics = tuner.step(step, batches, rank)
         step += 1
         metrics["step_time"] = time.perf_counter() - t0
+        clock["steps_s"] += metrics["step_time"]
         window.append(metrics)
         _maybe_inject_failure(config, step, rank)
         save = step % cfg.checkpoint_every == 0 or step == total
         if save or step % cfg.log_every == 0:
-            report = _mean_across_workers({k: float(np.mean([m[k] for m in window])) for k in window[0]})
+            report = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+            if step == total:
+                report.update(clock)
+            report = _mean_across_workers(report)
             report.update(step=step, epoch=epoch, epochs_done=step / per_epoch, total_steps=total,
                           steps_this_run=step - first)
             window = []
+            t_save = time.perf_counter()
             _report(report, tuner, step, rank, save)
+            if save:
+                clock["checkpoint_s"] += time.perf_counter() - t_save
 
 
 def _maybe_inject_failure(config: dict, step: int, rank: int) -> None:

@@ -21,6 +21,7 @@ from t2i_rlhf.shapes.prompts import sample_prompts
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.model import export_version, load_unet, materialize_pipeline, resolve_base
 from t2i_rlhf.training.finetune.model import save_weights as save_unet_weights
+from t2i_rlhf.training.finetune.trainer import CLOCK_KEYS
 
 
 def write_samples(path: Path, n: int, seed: int = 0, seeds_per_prompt: int = 1) -> Path:
@@ -130,6 +131,10 @@ def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir,
     assert (manifest.version, manifest.round, manifest.parent_version, manifest.kind) == ("r0001", 1, "base", "lora")
     assert manifest.steps == 4 and manifest.config_hash == cfg.config_hash()
     assert read_manifest(tmp_path / "r0001") == manifest
+    # the resumed run's clock: where its wall time went outside its 2 steps
+    clock = manifest.metrics
+    assert all(clock[k] >= 0 for k in CLOCK_KEYS) and 0 < clock["steps_s"] < clock["fit_s"]
+    assert clock["model_load_s"] > 0 and clock["worker_start_s"] > 0
     assert (tmp_path / "r0001" / "lora" / "pytorch_lora_weights.safetensors").exists()
     progress = {int(json.loads(p.read_text())["step"]): p for p in storage.rglob("progress.json")}
     assert set(progress) == {2, 4}
@@ -143,6 +148,16 @@ def test_round_checkpoints_restarts_resumes_and_loads(ray_session, sd_model_dir,
     # The version merges into a full pipeline that from_pretrained loads and that generates.
     images = _generate(materialize_pipeline(tmp_path / "r0001", tmp_path / "merged"))
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_fixed_cost_line_accounts_for_the_whole_fit():
+    """What the clocks saw plus 'other Ray Train' is the fit's wall time outside its steps."""
+    from t2i_rlhf.training.finetune.trainer import fixed_cost_line
+
+    line = fixed_cost_line({"fit_s": 100.0, "steps_s": 60.0, "worker_start_s": 10.0, "model_load_s": 2.0,
+                            "first_batch_s": 8.0, "checkpoint_s": 5.0, "export_s": 1.0})
+    assert line.startswith("60.0 s of steps, 41.0 s outside them (")
+    assert "other Ray Train 15.0 s" in line and "export 1.0 s" in line
 
 
 def test_ema_averages_with_its_decay_from_the_first_step(sd_model_dir):
