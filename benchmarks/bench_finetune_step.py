@@ -3,7 +3,8 @@
 Both loops run the same `Finetuner.step` (models, loss, optimizer) on the same data; the plain loop
 reads the Parquet with pyarrow in-process, the Ray loop through Ray Data shards and
 `train_loop_per_worker`. Times are the mean optimizer-step time over the second half of the steps
-(the first half is warm-up), as measured inside each loop; Ray's ~20 s start-up is reported apart.
+(the first half is warm-up), as measured inside each loop; the Ray round's time outside its steps
+(worker start, first batch, checkpoints, Ray Train's own) is reported apart.
 
     HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled nice -n 10 .venv/bin/python \
         benchmarks/bench_finetune_step.py --steps 20 --batch-size 16 --samples 256 --pretrain 256
@@ -28,7 +29,7 @@ from t2i_rlhf.shapes.prompts import sample_prompts
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.data import pretrain_latent_files
 from t2i_rlhf.training.finetune.model import resolve_base
-from t2i_rlhf.training.finetune.trainer import finetune_round
+from t2i_rlhf.training.finetune.trainer import CLOCK_KEYS, finetune_round, fixed_cost_line
 from t2i_rlhf.training.finetune.worker import Finetuner
 
 
@@ -73,13 +74,15 @@ def plain_loop(cfg: FinetuneConfig, base: Path, samples: Path, pre_files: list[P
 
 
 def ray_loop(cfg: FinetuneConfig, base: Path, samples: Path, pre_files: list[Path], steps: int,
-             work: Path, name: str) -> tuple[float, float]:
-    """(mean step time over the second half, wall time of the whole fit incl. start-up)."""
+             work: Path, name: str) -> tuple[float, float, dict]:
+    """(mean step time over the second half, wall time of the whole fit incl. start-up, the
+    round's clock: where its time outside the steps went)."""
     cfg = cfg.model_copy(update={"max_steps": steps, "log_every": steps // 2, "checkpoint_every": steps})
     t0 = time.perf_counter()
     manifest = finetune_round(cfg, samples, pre_files, base, work / name, round=1, version=name,
                               storage_path=work / "ray")
-    return manifest.metrics["step_time"], time.perf_counter() - t0
+    clock = {k: manifest.metrics[k] for k in (*CLOCK_KEYS, "fit_s") if k in manifest.metrics}
+    return manifest.metrics["step_time"], time.perf_counter() - t0, clock
 
 
 def main() -> None:
@@ -109,7 +112,8 @@ def main() -> None:
 
     out: dict = {}
     plain_before = plain_loop(cfg, base, samples, pre_files, args.steps)
-    out["ray_1x2_s"], out["ray_1x2_wall_s"] = ray_loop(cfg, base, samples, pre_files, args.steps, work, "w1t2")
+    out["ray_1x2_s"], out["ray_1x2_wall_s"], out["ray_1x2_clock"] = ray_loop(
+        cfg, base, samples, pre_files, args.steps, work, "w1t2")
     # measured on both sides of the Ray run, best kept: other load on the machine comes and goes
     plain_after = plain_loop(cfg, base, samples, pre_files, args.steps)
     out["plain_1x2_runs_s"] = [plain_before, plain_after]
@@ -119,11 +123,12 @@ def main() -> None:
     print(f"Ray Train 1 worker x 2 threads : {out['ray_1x2_s']:.3f} s/step "
           f"(speed {out['ray_vs_plain_speed']:.2f}x of plain, target >= 0.9x; "
           f"fit wall {out['ray_1x2_wall_s']:.0f} s incl. start-up)")
+    print(f"  of which {fixed_cost_line(out['ray_1x2_clock'])}")
     if not args.skip_scaling:
         half = cfg.model_copy(update={"batch_size": args.batch_size // 2, "num_workers": 2,
                                       "threads_per_worker": 1})
-        out["ray_2x1_s"], out["ray_2x1_wall_s"] = ray_loop(half, base, samples, pre_files, args.steps, work,
-                                                           "w2t1")
+        out["ray_2x1_s"], out["ray_2x1_wall_s"], out["ray_2x1_clock"] = ray_loop(
+            half, base, samples, pre_files, args.steps, work, "w2t1")
         print(f"Ray Train 2 workers x 1 thread : {out['ray_2x1_s']:.3f} s/step for the same global batch "
               f"({out['ray_1x2_s'] / out['ray_2x1_s']:.2f}x the speed of 1 worker x 2 threads)")
     if args.out:
