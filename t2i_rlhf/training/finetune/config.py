@@ -34,8 +34,11 @@ class FinetuneConfig(BaseModel):
         "needs r ∈ [0, 1]."))
     nft_strength: float = Field(1.0, gt=0.0, description=(
         "DiffusionNFT's β for `negative_aware`: how far v⁺ and v⁻ sit from the parent."))
-    reward_source: Literal["reward", "label"] = Field("reward", description=(
-        "What r is: the reward model's score (`reward`) or the sample's mean human label (`label`)."))
+    reward_source: Literal["reward", "label", "agreement"] = Field("reward", description=(
+        "What r is: the reward model's score (`reward`), the sample's mean human label (`label`), or "
+        "`agreement`: 1 where the score is ≥ `reward_threshold` (0.5 if unset) and the sample's labels, "
+        "if it has any, say good too (mean ≥ 0.5), else 0, so that the reward model and the labellers "
+        "filter each other's errors (rewards.py)."))
     reward_normalization: Literal["none", "prompt", "category"] = Field("none", description=(
         "`none` uses r as it is; `prompt` uses r' = 1/2 + 1/2·clip((r − mean of r over its prompt's "
         "samples) / std of r over the round, ±c) / c with c = `reward_clip`, in [0, 1] (DiffusionNFT's "
@@ -130,6 +133,11 @@ class FinetuneConfig(BaseModel):
                 "for pre-training examples; raise batch_size or set model_fraction=1 / beta=0"
             )
         return self
+
+    @property
+    def verdict_threshold(self) -> float:
+        """τ of `reward_source: agreement`: `reward_threshold`, or 0.5 where it is unset."""
+        return 0.5 if self.reward_threshold is None else self.reward_threshold
 
     @property
     def model_batch(self) -> int:

@@ -35,6 +35,7 @@ from t2i_rlhf.training.finetune.data import (
 )
 from t2i_rlhf.training.finetune.model import export_version, resolve_base
 from t2i_rlhf.training.finetune.rewards import (
+    LabelAgreement,
     RewardThreshold,
     chain,
     check_unit_interval,
@@ -144,16 +145,20 @@ def finetune_round(
                          f"than one micro-batch of {cfg.model_batch} model samples per worker")
     if cfg.objective == "negative_aware" and cfg.reward_normalization == "none":
         check_unit_interval(sample_files, column)
-    threshold = None if cfg.reward_threshold is None else RewardThreshold(cfg.reward_threshold)
+    # r read as a verdict: the score's and the labels' (agreement), or the score's alone (threshold)
+    agreement = LabelAgreement(cfg.verdict_threshold) if cfg.reward_source == "agreement" else None
+    threshold = None if cfg.reward_threshold is None or agreement else RewardThreshold(cfg.reward_threshold)
+    verdict = agreement or threshold
     normalization = None
     if cfg.reward_normalization == "prompt":  # the round's statistics, applied by Ray Data
-        normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip, threshold)
+        normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip, verdict)
     elif cfg.reward_normalization == "category":
-        normalization = read_category_weighting(sample_files, column, threshold)
+        normalization = read_category_weighting(sample_files, column, verdict)
     normalization = chain(threshold, normalization)
     ensure_ray_for(cfg)  # after the cheap checks: a bad input fails before Ray starts
     small = _fits(cfg, sample_files, [*MODEL_COLUMNS, column])  # held in memory: read by the driver
-    datasets = {"model": model_samples_dataset(sample_files, column, normalization, small=small)}
+    datasets = {"model": model_samples_dataset(sample_files, column, normalization, small=small,
+                                               agreement=agreement)}
     pre_rows, pre_files = 0, []
     if cfg.uses_pretrain:
         if pretrain_data is None:

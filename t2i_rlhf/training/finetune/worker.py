@@ -192,7 +192,8 @@ def drop_captions(captions: list[str], p: float, gen: torch.Generator) -> list[s
 
 
 def reward_column(cfg: FinetuneConfig) -> str:
-    return cfg.reward_source  # SAMPLE_SCHEMA's `reward` or `label`
+    """The SAMPLE_SCHEMA column r is read from: `reward` or `label` (agreement rewrites `reward`)."""
+    return "reward" if cfg.reward_source == "agreement" else cfg.reward_source
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from t2i_rlhf.training.finetune.config import FinetuneConfig
 from t2i_rlhf.training.finetune.rewards import (
     ChainedTransform,
+    LabelAgreement,
     RewardThreshold,
     chain,
     fit_category_weighting,
@@ -56,9 +57,11 @@ def test_a_prompt_in_two_categories_or_no_samples_is_an_error():
         fit_category_weighting([], [], np.array([]))
 
 
-def _samples(path: Path, prompts: list[str], categories: list[str], rewards: list[float | None]) -> Path:
+def _samples(path: Path, prompts: list[str], categories: list[str], rewards: list[float | None],
+             labels: list[float | None] | None = None) -> Path:
     pq.write_table(pa.table({"prompt": prompts, "category": categories,
                              "reward": pa.array(rewards, type=pa.float32()),
+                             "label": pa.array(labels or [None] * len(prompts), type=pa.float32()),
                              "latents": pa.array([[0.0, 1.0]] * len(prompts), type=pa.list_(pa.float32())),
                              "latent_shape": pa.array([[1, 2]] * len(prompts), type=pa.list_(pa.int32()))}), path)
     return path
@@ -100,6 +103,29 @@ def test_a_threshold_reads_scores_as_verdicts_before_the_weighting_is_fit(tmp_pa
         FinetuneConfig(reward_threshold=0.0)
 
 
+SCORES = [0.97, 0.18, 0.6, 0.95, 0.99, 0.3]
+LABELS = [1.0, 1.0, 0.0, None, 0.5, 1.0]  # a label flipped to good (2nd), one to bad (3rd), one missing
+
+
+def test_agreement_keeps_a_positive_only_where_score_and_labels_both_say_good(tmp_path):
+    agreement = LabelAgreement(0.5)
+    labels = np.array([np.nan if v is None else v for v in LABELS])
+    # 2nd: the label alone says good; 3rd: the score alone; 4th: no label, so the score decides;
+    # 5th: a tie of labels (mean 1/2) counts as good, as the label source's threshold does
+    np.testing.assert_array_equal(agreement.verdicts(SCORES, labels), [1, 0, 0, 1, 1, 0])
+    files = [_samples(tmp_path / "a.parquet", PROMPTS, CATEGORIES, SCORES, LABELS)]
+    weighting = read_category_weighting(files, "reward", before=agreement)
+    # count: 1 of 3 good, colour: 2 of 3, r̄ = 1/2
+    assert weighting.factors == pytest.approx({"two cats": 1.5, "three dogs": 1.5, "a red cat": 0.75,
+                                               "a blue dog": 0.75})
+    out = agreement.rewrite(pq.read_table(files[0]))
+    assert "label" not in out.column_names
+    np.testing.assert_array_equal(out.column("reward").to_numpy(), [1, 0, 0, 1, 1, 0])
+    cfg = FinetuneConfig(reward_source="agreement")
+    assert cfg.verdict_threshold == 0.5
+    assert FinetuneConfig(reward_source="agreement", reward_threshold=0.8).verdict_threshold == 0.8
+
+
 @pytest.mark.ray
 def test_the_training_data_carries_the_weighted_reward(ray_session, tmp_path):
     from t2i_rlhf.training.finetune.data import model_samples_dataset
@@ -115,3 +141,13 @@ def test_the_training_data_carries_the_weighted_reward(ray_session, tmp_path):
         rows = model_samples_dataset(files, "reward", weighting, small=small).take_all()
         assert sorted((r["prompt"], round(float(r["reward"]), 5)) for r in rows) == want, small
         assert all(list(r["latents"]) == [0.0, 1.0] for r in rows)
+    # the joint verdict of score and labels, then its category weighting, in both paths
+    scored = [_samples(tmp_path / "b.parquet", PROMPTS, CATEGORIES, SCORES, LABELS)]
+    agreement = LabelAgreement(0.5)
+    weighting = read_category_weighting(scored, "reward", before=agreement)
+    want = sorted((p, round(float(w), 5)) for p, w in zip(
+        PROMPTS, weighting.apply(PROMPTS, [1, 0, 0, 1, 1, 0]), strict=True))
+    for small in (False, True):
+        rows = model_samples_dataset(scored, "reward", weighting, small=small, agreement=agreement).take_all()
+        assert sorted((r["prompt"], round(float(r["reward"]), 5)) for r in rows) == want, small
+        assert all("label" not in r for r in rows)
