@@ -45,7 +45,7 @@ score alone where a sample has none). The reward model and the labellers err mos
 images (the model where its embedding is ambiguous, a labeller at random), so a positive both
 agree on is rarely wrong: on a demo round's 2,048 samples 98% of those were judged good, against
 90% for s ≥ 0.5 and 94% for ȳ ≥ 1/2, at a recall of 89%. For the paper's target, p_old restricted
-to good images, it is the wrong positives that cost, not the missed ones.
+to good images, a wrong positive is trained on, while a missed one is only left out.
 
 The statistics are computed once on the driver, from the Parquet files, and applied to the reward
 column in the Ray Data pipeline, so the workers read one reward column whatever the setting.
