@@ -29,7 +29,7 @@ from t2i_rlhf.shapes.prompts import category_prompts
 def drawn_counts(model: Path, seeds: int, first_seed: int, steps: int) -> tuple[list, np.ndarray, np.ndarray]:
     """The judge's object count and verdict for every (count prompt, seed)."""
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, local_files_only=True,
-                                                   torch_dtype=torch.float32)  # a snapshot is fp16
+                                                   dtype=torch.float32)  # a snapshot is fp16
     pipe.set_progress_bar_config(disable=True)
     prompts = list(category_prompts("count", "all"))
     counts, good = np.zeros((len(prompts), seeds)), np.zeros((len(prompts), seeds))

@@ -316,10 +316,10 @@ def initial_vae_and_unet(cfg: PretrainConfig) -> tuple:
     UNet. float32 whatever the directory holds: a snapshot (snapshot_unet) is fp16."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    vae = AutoencoderKL.from_pretrained((cfg.unet_init or cfg.work) / "vae", torch_dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained((cfg.unet_init or cfg.work) / "vae", dtype=torch.float32).eval()
     if cfg.unet_init is None:
         return vae, arch.make_unet()
-    return vae, UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", torch_dtype=torch.float32)
+    return vae, UNet2DConditionModel.from_pretrained(cfg.unet_init / "unet", dtype=torch.float32)
 
 
 def pretrain_unet(cfg: PretrainConfig) -> Path:

@@ -207,6 +207,12 @@ def timing_table(state: RunState) -> str:
     return "\n".join(lines)
 
 
+def _legend(ax, **kwargs) -> None:
+    """A legend where the panel has labelled data (a run before its first evaluation has none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _plot_alignment(records: list[dict], path: Path) -> None:
     """One panel per prompt split: judged good per category against rounds done, with SEs."""
     evals = [(r["round"] + 1, eval_splits(r.get("eval") or r.get("evaluate"))) for r in records]
@@ -222,7 +228,7 @@ def _plot_alignment(records: list[dict], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("judged good (%)")
         ax.set_title(SPLIT_NAMES.get(split, split))
-        ax.legend()
+        _legend(ax)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -238,14 +244,14 @@ def _plot_rewards_and_labels(records: list[dict], path: Path) -> None:
     ax1.set_xlabel("reward")
     ax1.set_ylabel("samples")
     ax1.set_title("reward distribution")
-    ax1.legend(fontsize=7)
+    _legend(ax1, fontsize=7)
     rounds = [r for r in records if "labels" in r]
     x = [r["round"] for r in rounds]
     ax2.bar(x, [r["labels"]["good"] for r in rounds], label="good")
     ax2.bar(x, [r["labels"]["bad"] for r in rounds], bottom=[r["labels"]["good"] for r in rounds], label="bad")
     ax2.set_xlabel("round")
     ax2.set_title("labels per round")
-    ax2.legend()
+    _legend(ax2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

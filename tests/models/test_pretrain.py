@@ -55,7 +55,7 @@ def test_unet_stage_runs_both_phases_resumes_and_saves_a_zero_snr_pipeline(sd_mo
 
     # A snapshot is the same weights in fp16, a pipeline that a fresh machine continues from.
     snap = snapshot_unet(cfg, tmp_path / "snapshot")
-    half = StableDiffusionPipeline.from_pretrained(snap, local_files_only=True, torch_dtype=torch.float32)
+    half = StableDiffusionPipeline.from_pretrained(snap, local_files_only=True, dtype=torch.float32)
     assert half.scheduler.config.prediction_type == "v_prediction"
     assert all(torch.equal(before[k].half().float(), v) for k, v in half.unet.state_dict().items())
 
