@@ -24,18 +24,19 @@ import pyarrow.parquet as pq
 from t2i_rlhf.samples import decode_png
 from t2i_rlhf.shapes.judge import judge
 from t2i_rlhf.shapes.vocab import CATEGORIES
+from t2i_rlhf.training.finetune.rewards import LabelAgreement, RewardThreshold
 
 
 def verdicts(table: pa.Table) -> dict[str, np.ndarray]:
-    """Each candidate verdict as a bool array; a sample without a label keeps the score's."""
-    score = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
-    label = pc.fill_null(table.column("label").cast(pa.float64()), np.nan).to_numpy()
-    return {
-        "score >= 0.5": score >= 0.5,
-        "label >= 0.5": ~(label < 0.5),
-        "agreement": (score >= 0.5) & ~(label < 0.5),
-        "score >= 0.8": score >= 0.8,
+    """Each candidate verdict as fine-tuning reads it (rewards.py), as a bool array; a sample
+    without a label is not good by its label, and keeps the score's verdict under agreement."""
+    candidates = {
+        "score >= 0.5": (RewardThreshold(0.5), "reward"),
+        "label >= 0.5": (RewardThreshold(0.5), "label"),
+        "agreement": (LabelAgreement(0.5), "reward"),
+        "score >= 0.8": (RewardThreshold(0.8), "reward"),
     }
+    return {name: verdict.of_table(table, column) == 1.0 for name, (verdict, column) in candidates.items()}
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import torch
 
 from t2i_rlhf.fingerprint import files_fingerprint
 from t2i_rlhf.samples import parquet_files
-from t2i_rlhf.training.finetune.rewards import LabelAgreement, RewardTransform, normalize_reward_column
+from t2i_rlhf.training.finetune.rewards import RewardTransform, normalize_reward_column
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,17 @@ def count_rows(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
+def model_columns(column: str, normalization: RewardTransform | None) -> list[str]:
+    """The columns a round's samples are read with: MODEL_COLUMNS, r, and what the transform
+    reads besides (the labels, for `reward_source: agreement`)."""
+    return [*MODEL_COLUMNS, column, *(normalization.columns if normalization else ())]
+
+
 def model_samples_dataset(files: list[Path], column: str, normalization: RewardTransform | None = None,
-                          small: bool = False, agreement: LabelAgreement | None = None):
+                          small: bool = False):
     """The round's scored samples as a Ray Dataset: latents, latent_shape, prompt and r, with r
     replaced by its transformed value when `normalization` is given (rewards.py; its statistics
-    are the driver's, over the whole round, so every block is transformed alike). With
-    `agreement`, r is first the score's and the labels' joint verdict (read with the `label` column).
+    are the driver's, over the whole round, so every block is transformed alike).
 
     small: the round fits in memory (a few thousand samples), so the driver reads, filters and
     transforms it itself and hands Ray Data the table: the same rows, without starting read and
@@ -62,19 +67,15 @@ def model_samples_dataset(files: list[Path], column: str, normalization: RewardT
     import ray.data
     from ray.data.expressions import col
 
-    columns = [*MODEL_COLUMNS, column, *(agreement.columns if agreement else ())]
+    columns = model_columns(column, normalization)
     if small:
         table = pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
         table = table.filter(pc.is_valid(table.column(column)))
-        if agreement is not None:
-            table = agreement.rewrite(table, column)
         if normalization is not None:
             table = normalize_reward_column(table, column, normalization)
         return ray.data.from_arrow(table)
     ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
     ds = ds.filter(expr=col(column).is_not_null())
-    if agreement is not None:
-        ds = ds.map_batches(agreement.rewrite, fn_kwargs={"column": column}, batch_format="pyarrow")
     if normalization is not None:
         ds = ds.map_batches(normalize_reward_column, fn_kwargs={"column": column, "norm": normalization},
                             batch_format="pyarrow")

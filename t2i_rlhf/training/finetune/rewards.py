@@ -57,6 +57,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -66,8 +67,21 @@ import pyarrow.dataset as pads
 log = logging.getLogger(__name__)
 
 
+class _OnRewards:
+    """A transform of r alone (given each sample's prompt): what it reads of a table."""
+
+    columns: ClassVar[tuple[str, ...]] = ()  # columns it reads besides `prompt` and r
+
+    def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def of_table(self, table: pa.Table, column: str) -> np.ndarray:
+        """The transformed r of each row of `table`, whose r is `column`."""
+        return self.apply(table.column("prompt").to_pylist(), _floats(table, column))
+
+
 @dataclass(frozen=True)
-class PromptNormalization:
+class PromptNormalization(_OnRewards):
     """The round's per-prompt reward means, its global reward std and the clip c."""
 
     means: dict[str, float]
@@ -107,7 +121,7 @@ def read_prompt_normalization(files: list[Path], column: str, clip: float,
 
 
 @dataclass(frozen=True)
-class CategoryRateWeighting:
+class CategoryRateWeighting(_OnRewards):
     """The factor r̄ / Z(g) of each prompt's category g (module docstring), keyed by prompt."""
 
     factors: dict[str, float]
@@ -146,26 +160,23 @@ def read_category_weighting(files: list[Path], column: str,
 
 
 @dataclass(frozen=True)
-class RewardThreshold:
+class RewardThreshold(_OnRewards):
     """r' = 1[r ≥ τ]: the reward model's score read as its verdict (module docstring)."""
 
     tau: float
-    columns: tuple[str, ...] = ()
 
     def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
         return (np.asarray(rewards, dtype=np.float64) >= self.tau).astype(np.float64)
-
-    def of_table(self, table: pa.Table, column: str) -> np.ndarray:
-        return self.apply(table.column("prompt").to_pylist(), _floats(table, column))
 
 
 @dataclass(frozen=True)
 class LabelAgreement:
     """r' = 1 where the score is ≥ τ and the sample's mean label, if it has one, is ≥ 1/2; else 0
-    (module docstring). Reads the `reward` and `label` columns; the label is dropped after."""
+    (module docstring). It reads the `label` column beside the score, so it can only be the first
+    step of a chain."""
 
     tau: float
-    columns: tuple[str, ...] = ("label",)
+    columns: ClassVar[tuple[str, ...]] = ("label",)
 
     def verdicts(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """One 0/1 r per sample; a NaN label (none given) leaves the score's verdict alone."""
@@ -175,13 +186,6 @@ class LabelAgreement:
     def of_table(self, table: pa.Table, column: str) -> np.ndarray:
         return self.verdicts(_floats(table, column), _floats(table, "label"))
 
-    def rewrite(self, batch: pa.Table, column: str = "reward") -> pa.Table:
-        """Ray Data map_batches function: `column` replaced by the verdicts, `label` dropped."""
-        index = batch.schema.get_field_index(column)
-        field = batch.schema.field(index)
-        out = batch.set_column(index, field, pa.array(self.of_table(batch, column), type=field.type))
-        return out.drop_columns(["label"])
-
 
 def _floats(table: pa.Table, column: str) -> np.ndarray:
     """A float column as float64, nulls as NaN."""
@@ -190,17 +194,29 @@ def _floats(table: pa.Table, column: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ChainedTransform:
-    """Transforms applied in turn (a threshold, then a normalisation fit on its output)."""
+    """Transforms applied in turn (a verdict, then a normalisation fit on its output); only the
+    first reads the table, the rest transform what the one before gave."""
 
-    steps: tuple[RewardThreshold | PromptNormalization | CategoryRateWeighting, ...]
+    steps: tuple[RewardThreshold | LabelAgreement | PromptNormalization | CategoryRateWeighting, ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.steps[0].columns
 
     def apply(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
         for step in self.steps:
             rewards = step.apply(prompts, rewards)
         return rewards
 
+    def of_table(self, table: pa.Table, column: str) -> np.ndarray:
+        rewards = self.steps[0].of_table(table, column)
+        prompts = table.column("prompt").to_pylist()
+        for step in self.steps[1:]:
+            rewards = step.apply(prompts, rewards)
+        return rewards
 
-RewardTransform = PromptNormalization | CategoryRateWeighting | RewardThreshold | ChainedTransform
+
+RewardTransform = PromptNormalization | CategoryRateWeighting | RewardThreshold | LabelAgreement | ChainedTransform
 
 
 def chain(*steps: RewardTransform | None) -> RewardTransform | None:
@@ -239,12 +255,13 @@ def _read_scored(files: list[Path], column: str, *others: str) -> pa.Table:
 
 
 def normalize_reward_column(batch: pa.Table, column: str, norm: RewardTransform) -> pa.Table:
-    """Ray Data map_batches function: `column` replaced by its transformed value, same type."""
-    rewards = batch.column(column).to_numpy(zero_copy_only=False)
-    values = norm.apply(batch.column("prompt").to_pylist(), rewards)
+    """Ray Data map_batches function: `column` replaced by its transformed value, same type; the
+    other columns the transform read (`norm.columns`, e.g. `label`) dropped, so the workers see
+    the same columns whatever the setting."""
     index = batch.schema.get_field_index(column)
     field = batch.schema.field(index)
-    return batch.set_column(index, field, pa.array(values, type=field.type))
+    out = batch.set_column(index, field, pa.array(norm.of_table(batch, column), type=field.type))
+    return out.drop_columns(list(norm.columns))
 
 
 def check_unit_interval(files: list[Path], column: str) -> None:

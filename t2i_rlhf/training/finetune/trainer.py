@@ -24,10 +24,10 @@ from t2i_rlhf.ray_runtime import init_ray
 from t2i_rlhf.samples import parquet_files
 from t2i_rlhf.training.finetune.config import RAY_DATA_CPUS, FinetuneConfig
 from t2i_rlhf.training.finetune.data import (
-    MODEL_COLUMNS,
     PRETRAIN_COLUMNS,
     count_rows,
     count_scored,
+    model_columns,
     model_samples_dataset,
     parquet_bytes,
     pretrain_dataset,
@@ -146,19 +146,17 @@ def finetune_round(
     if cfg.objective == "negative_aware" and cfg.reward_normalization == "none":
         check_unit_interval(sample_files, column)
     # r read as a verdict: the score's and the labels' (agreement), or the score's alone (threshold)
-    agreement = LabelAgreement(cfg.verdict_threshold) if cfg.reward_source == "agreement" else None
-    threshold = None if cfg.reward_threshold is None or agreement else RewardThreshold(cfg.reward_threshold)
-    verdict = agreement or threshold
+    verdict = (LabelAgreement(cfg.verdict_threshold) if cfg.reward_source == "agreement"
+               else None if cfg.reward_threshold is None else RewardThreshold(cfg.reward_threshold))
     normalization = None
     if cfg.reward_normalization == "prompt":  # the round's statistics, applied by Ray Data
         normalization = read_prompt_normalization(sample_files, column, cfg.reward_clip, verdict)
     elif cfg.reward_normalization == "category":
         normalization = read_category_weighting(sample_files, column, verdict)
-    normalization = chain(threshold, normalization)
+    normalization = chain(verdict, normalization)
     ensure_ray_for(cfg)  # after the cheap checks: a bad input fails before Ray starts
-    small = _fits(cfg, sample_files, [*MODEL_COLUMNS, column])  # held in memory: read by the driver
-    datasets = {"model": model_samples_dataset(sample_files, column, normalization, small=small,
-                                               agreement=agreement)}
+    small = _fits(cfg, sample_files, model_columns(column, normalization))  # held in memory: the driver reads it
+    datasets = {"model": model_samples_dataset(sample_files, column, normalization, small=small)}
     pre_rows, pre_files = 0, []
     if cfg.uses_pretrain:
         if pretrain_data is None:

@@ -118,7 +118,7 @@ def test_agreement_keeps_a_positive_only_where_score_and_labels_both_say_good(tm
     # count: 1 of 3 good, colour: 2 of 3, r̄ = 1/2
     assert weighting.factors == pytest.approx({"two cats": 1.5, "three dogs": 1.5, "a red cat": 0.75,
                                                "a blue dog": 0.75})
-    out = agreement.rewrite(pq.read_table(files[0]))
+    out = normalize_reward_column(pq.read_table(files[0]), "reward", agreement)
     assert "label" not in out.column_names
     np.testing.assert_array_equal(out.column("reward").to_numpy(), [1, 0, 0, 1, 1, 0])
     cfg = FinetuneConfig(reward_source="agreement")
@@ -148,6 +148,6 @@ def test_the_training_data_carries_the_weighted_reward(ray_session, tmp_path):
     want = sorted((p, round(float(w), 5)) for p, w in zip(
         PROMPTS, weighting.apply(PROMPTS, [1, 0, 0, 1, 1, 0]), strict=True))
     for small in (False, True):
-        rows = model_samples_dataset(scored, "reward", weighting, small=small, agreement=agreement).take_all()
+        rows = model_samples_dataset(scored, "reward", chain(agreement, weighting), small=small).take_all()
         assert sorted((r["prompt"], round(float(r["reward"]), 5)) for r in rows) == want, small
         assert all("label" not in r for r in rows)
