@@ -160,6 +160,11 @@ class EvalSection(_Strict):
     cache_base: bool = Field(True, description=(
         "Reuse the base model's evaluation from an earlier run with the same weights, judge and settings "
         "(kept under `<storage>/cache/base-eval/`; local storage only)."))
+    shipped_base_evals: list[str] = Field(default_factory=list, description=(
+        "Read-only directories of base evaluations stored as that cache stores them (`<dir>/<key>/eval.json`), "
+        "read when the run's own cache has none: the repository ships the demo's in `models/base-eval`, so "
+        "a fresh clone does not re-evaluate the unchanged base. An entry made by other weights, judge or "
+        "settings has another key and is never read."))
 
     @field_validator("splits")
     @classmethod
@@ -167,6 +172,18 @@ class EvalSection(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"each split at most once, got {v}")
         return v
+
+
+class HindsightSection(_Strict):
+    enabled: bool = Field(False, description=(
+        "Fine-tune also on the round's bad images, each as a good image of the prompt the reward model says it "
+        "shows (an image of three circles drawn for \"two circles\" becomes one of \"three circles\"): "
+        "hindsight relabelling (online/hindsight.py). Only prompts the rollout draws are named."))
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description=(
+        "A sample is relabelled when its score is below this or its labels say bad, and to the best of its "
+        "prompt's perturbations only if that one scores at least this."))
+    prompts: int = Field(8, ge=1, description=(
+        "Perturbations of the prompt (`reward.perturbation`) each bad image is scored against."))
 
 
 class ExperimentConfig(_Strict):
@@ -179,6 +196,8 @@ class ExperimentConfig(_Strict):
         "The reward model trained each round (the options of `t2i-rlhf reward train`)."))
     finetune: FinetuneConfig = Field(FinetuneConfig(), description=(
         "The fine-tuning of each round (the options of `t2i-rlhf finetune`)."))
+    hindsight: HindsightSection = Field(HindsightSection(), description=(
+        "Bad images relabelled with the prompt they show, as extra fine-tuning samples."))
     pretrain_data: str | None = Field(None, description=(
         "Pre-training Parquet for the β term (environment variables are expanded); null: render the "
         "shapes world's into the run directory."))

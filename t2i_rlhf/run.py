@@ -19,7 +19,7 @@ from t2i_rlhf.actors.rollout import start_actors
 from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import grid_items, save_grid
 from t2i_rlhf.online import steps
-from t2i_rlhf.online.base_eval_cache import cache_dir, load_base_eval, store_base_eval
+from t2i_rlhf.online.base_eval_cache import cache_dirs, load_base_eval, store_base_eval
 from t2i_rlhf.online.eval_results import eval_splits
 from t2i_rlhf.online.local_services import (
     labeller_token_hint,
@@ -207,8 +207,8 @@ def ensure_base_eval(ctx: steps.LoopContext, store: StateStore, grid: list) -> N
             log.warning("the base model was not evaluated on %s (run state from older code); the report "
                         "shows the tuned model alone there", ", ".join(missing))
         return
-    cached_at = cache_dir(cfg)  # fingerprints the weights once, for the load and the store
-    state.base_eval = load_base_eval(cached_at, run_dir / "grid_base.png")
+    cached_at, readable = cache_dirs(cfg)  # fingerprints the weights once, for the loads and the store
+    state.base_eval = next(filter(None, (load_base_eval(d, run_dir / "grid_base.png") for d in readable)), None)
     if state.base_eval is None:
         state.base_eval = steps.evaluate_current_model(ctx, "base")
         save_grid(run_dir / "grid_base.png", [p.text for p, _ in grid[::8]],

@@ -57,6 +57,7 @@ class RewardScorer:
 
     def __init__(self, model: ScoreFn | str | Path, version: str | None = None) -> None:
         self._fn: ScoreFn | None = None
+        self._model = None  # the RewardModel behind _fn, for a reward-model directory
         self._path: Path | None = None
         self._version: str | None = None
         self._timeline: deque[tuple[float, float, int]] = deque(maxlen=TIMELINE_LENGTH)
@@ -66,12 +67,12 @@ class RewardScorer:
         if callable(model):
             if not version:
                 raise ValueError("a scoring callable needs a version string")
-            self._fn, self._path, self._version = model, None, version
+            self._fn, self._model, self._path, self._version = model, None, None, version
             return
         path = Path(model)
         if not path.exists():
             raise FileNotFoundError(f"no reward model at {str(model)!r}")
-        self._fn, self._path, self._version = None, path, version  # loaded on first use
+        self._fn, self._model, self._path, self._version = None, None, path, version  # loaded on first use
 
     def _scorer(self) -> ScoreFn:
         if self._fn is None:
@@ -83,7 +84,7 @@ class RewardScorer:
                 log.warning("reward model at %s reports version %r, using %r as asked",
                             self._path, model.version, self._version)
             self._version = self._version or model.version
-            self._fn = model.score
+            self._fn, self._model = model.score, model
             log.info("reward model %s loaded from %s", self._version, self._path)
         return self._fn
 
@@ -126,6 +127,28 @@ class RewardScorer:
         arrays[names.index("reward_model_version")] = pa.array([self._version] * n, pa.string())
         self._timeline.append((start, time.time(), n))
         return pa.RecordBatch.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+    def score_prompts(self, images: list[bytes], prompts: list[list[str]],
+                      expect_version: str | None = None) -> list[list[float]]:
+        """r(x_i, z) for each PNG image x_i and every prompt z of prompts[i] (other prompts than
+        the one it was drawn for: hindsight relabelling). A reward-model directory embeds each
+        image once; a callable is called on the pairs."""
+        check_version("scorer", self._version, expect_version)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} lists of prompts")
+        decoded = [decode_png(b) for b in images]
+        score = self._scorer()
+        out: list[list[float]] = [[] for _ in prompts]
+        for width in sorted({len(row) for row in prompts} - {0}):  # score_each takes rows of one length
+            idx = [i for i, row in enumerate(prompts) if len(row) == width]
+            if self._model is not None:
+                scores = self._model.score_each([decoded[i] for i in idx], [prompts[i] for i in idx])
+            else:
+                flat = score([decoded[i] for i in idx for _ in range(width)], [z for i in idx for z in prompts[i]])
+                scores = np.asarray(flat, np.float32).reshape(len(idx), width)
+            for i, row in zip(idx, scores, strict=True):
+                out[i] = [float(v) for v in row]
+        return out
 
 
 RewardScorerActor = ray.remote(RewardScorer)

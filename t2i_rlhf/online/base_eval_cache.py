@@ -34,7 +34,7 @@ _CODE = ("evaluation.py", "shapes/judge.py", "shapes/render.py", "shapes/prompts
 
 def base_eval_key(cfg: ExperimentConfig) -> str:
     h = hashlib.sha256()
-    ev = cfg.eval.model_dump(mode="json", exclude={"threads", "every_round", "cache_base"})
+    ev = cfg.eval.model_dump(mode="json", exclude={"threads", "every_round", "cache_base", "shipped_base_evals"})
     ev["splits"] = {s: SPLIT_SEED_OFFSET[s] for s in sorted(ev["splits"])}  # each with its seed offset
     settings = {"eval": ev, "generation": cfg.rollout.generation.model_dump(mode="json"), "seed": cfg.run.seed,
                 "format": _FORMAT}
@@ -47,14 +47,17 @@ def base_eval_key(cfg: ExperimentConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def cache_dir(cfg: ExperimentConfig) -> Path | None:
-    """Where this config's base evaluation is kept; None where caching is off, the storage is
-    not local, or the weights are not local directories (nothing to fingerprint them by)."""
-    if not cfg.eval.cache_base or "://" in cfg.run.storage:
-        return None
-    if not all(Path(p).is_dir() for p in (cfg.model.base, cfg.model.clip)):
-        return None
-    return Path(cfg.run.storage).absolute() / "cache" / "base-eval" / base_eval_key(cfg)
+def cache_dirs(cfg: ExperimentConfig) -> tuple[Path | None, list[Path]]:
+    """Where this config's base evaluation is kept, and where it may be read from: that place,
+    then each of `eval.shipped_base_evals`. (None, []) where caching is off or the weights are
+    not local directories (nothing to fingerprint them by); the run's own store is None where
+    its storage is not local."""
+    if not cfg.eval.cache_base or not all(Path(p).is_dir() for p in (cfg.model.base, cfg.model.clip)):
+        return None, []
+    key = base_eval_key(cfg)
+    store = None if "://" in cfg.run.storage else Path(cfg.run.storage).absolute() / "cache" / "base-eval" / key
+    shipped = [Path(d).absolute() / key for d in cfg.eval.shipped_base_evals]
+    return store, [d for d in (store, *shipped) if d is not None]
 
 
 def load_base_eval(where: Path | None, grid_to: Path) -> dict | None:

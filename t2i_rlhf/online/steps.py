@@ -25,6 +25,7 @@ from t2i_rlhf.config import ExperimentConfig
 from t2i_rlhf.evaluation import EvalResult, eval_prompts, score_images
 from t2i_rlhf.model_version import BASE_VERSION
 from t2i_rlhf.online.eval_results import SPLIT_NAMES, SPLIT_SEED_OFFSET, clean_warnings
+from t2i_rlhf.online.hindsight import relabel_samples
 from t2i_rlhf.online.resources import get_when_scheduled
 from t2i_rlhf.online.state import RunState
 from t2i_rlhf.ray_runtime import resource_bundle
@@ -231,8 +232,15 @@ def rescore_samples(ctx: LoopContext, round: int) -> dict:
     pq.write_table(scored, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     reward = scored.column("reward").to_numpy()
-    return {"path": str(path), "n": scored.num_rows, "reward_mean": float(reward.mean()),
-            "reward_std": float(reward.std()), "reward_hist": np.histogram(reward, 10, (0, 1))[0].tolist()}
+    out = {"path": str(path), "n": scored.num_rows, "reward_mean": float(reward.mean()),
+           "reward_std": float(reward.std()), "reward_hist": np.histogram(reward, 10, (0, 1))[0].tolist()}
+    if ctx.cfg.hindsight.enabled:
+        relabelled, summary = relabel_samples(scored, ctx.cfg, scorers)
+        extra = ctx.round_dir(round) / "hindsight.parquet"
+        pq.write_table(relabelled, extra.with_suffix(".tmp"))
+        extra.with_suffix(".tmp").replace(extra)
+        out["hindsight"] = {"path": str(extra), **summary}
+    return out
 
 
 # --- 4. reward-weighted fine-tuning ----------------------------------------------------------------
@@ -243,8 +251,10 @@ def finetune(ctx: LoopContext, round: int, base: str, pretrain_data: str) -> dic
 
     version = f"r{round:04d}"
     out = ctx.run_dir / "models" / version
+    rescored = ctx.state.done(round, "rescore")
+    samples = [rescored["path"], *([rescored["hindsight"]["path"]] if "hindsight" in rescored else [])]
     manifest = finetune_round(
-        ctx.cfg.finetune, samples=ctx.state.done(round, "rescore")["path"], pretrain_data=pretrain_data, base=base,
+        ctx.cfg.finetune, samples=samples, pretrain_data=pretrain_data, base=base,
         out_dir=out, round=round, version=version, storage_path=ctx.run_dir / "ray_train",
     )
     return {"version": version, "location": str(out), "steps": manifest.steps, "metrics": manifest.metrics}

@@ -57,3 +57,18 @@ def test_callable_scorer_fills_rewards_and_rejects_bad_scores() -> None:
     assert scored.column("reward").to_pylist() == [1.0, 1.0, 1.0]  # rendered images match their prompts
     with pytest.raises(ValueError, match="non-finite"):
         RewardScorer(lambda ims, ps: np.full(len(ims), np.nan), "nan").score_batch(batch())
+
+
+def test_scores_other_prompts_embedding_each_image_once(clip_model_dir: Path, tmp_path: Path) -> None:
+    scorer = RewardScorer(reward_model_dir(tmp_path, clip_model_dir, "rm-0", seed=0), "rm-0")
+    own = scorer.score_batch(batch()).column("reward").to_pylist()
+    images = batch().column("image").to_pylist()
+    rows = [[PROMPTS[0], "three circles"], [PROMPTS[1]], [PROMPTS[2], "a square in the sea", "a triangle"]]
+    scores = scorer.score_prompts(images, rows)
+    assert [len(r) for r in scores] == [2, 1, 3]
+    assert np.allclose([r[0] for r in scores], own, atol=1e-5)  # the own prompt scores as score_batch does
+    assert scorer.score_prompts(images[:1], [[]]) == [[]]
+    judged = RewardScorer(judge_reward, "judge").score_prompts(images[:1], [["two circles", "three circles"]])
+    assert judged == [[1.0, 0.0]]
+    with pytest.raises(ValueError, match="lists of prompts"):
+        scorer.score_prompts(images, rows[:1])

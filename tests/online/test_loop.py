@@ -71,7 +71,7 @@ def test_missing_or_malformed_config_file(tmp_path):
 
 
 def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
-    from t2i_rlhf.online.base_eval_cache import base_eval_key, cache_dir, load_base_eval, store_base_eval
+    from t2i_rlhf.online.base_eval_cache import base_eval_key, cache_dirs, load_base_eval, store_base_eval
 
     base, clip = tmp_path / "base", tmp_path / "clip"
     for d in (base, clip):
@@ -79,26 +79,52 @@ def test_base_eval_is_reused_only_for_the_same_weights_and_settings(tmp_path):
         (d / "weights.bin").write_bytes(b"v1")
     ci = load_config(CI_CONFIG)
 
-    def config(guidance: float = 2.0, cache: bool = True):
+    def config(guidance: float = 2.0, cache: bool = True, shipped: list[str] | None = None):
         return ci.model_copy(update={
             "run": ci.run.model_copy(update={"storage": str(tmp_path / "runs")}),
             "model": ci.model.model_copy(update={"base": str(base), "clip": str(clip)}),
-            "eval": ci.eval.model_copy(update={"guidance": guidance, "cache_base": cache})})
+            "eval": ci.eval.model_copy(update={"guidance": guidance, "cache_base": cache,
+                                               "shipped_base_evals": shipped or []})})
+
+    def cache_dir(cfg):
+        return cache_dirs(cfg)[0]
 
     key = base_eval_key(config())
     assert base_eval_key(config()) == key and base_eval_key(config(guidance=3.0)) != key
+    assert base_eval_key(config(shipped=["elsewhere"])) == key  # where it may be read is not what it is
     assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") is None  # nothing stored yet
     (tmp_path / "made.png").write_bytes(b"png")
     stored = {"model": "base", "splits": {"heldout": {"overall": {"good": 0.5}}}}
     store_base_eval(cache_dir(config()), stored, tmp_path / "made.png")
     assert load_base_eval(cache_dir(config()), tmp_path / "grid.png") == stored
     assert (tmp_path / "grid.png").read_bytes() == b"png"
-    assert load_base_eval(cache_dir(config(cache=False)), tmp_path / "other.png") is None
+    assert cache_dirs(config(cache=False)) == (None, [])
     assert load_base_eval(cache_dir(config(guidance=3.0)), tmp_path / "other.png") is None
+    # a shipped directory is read after the run's own store, under the same key
+    shipped = tmp_path / "shipped"
+    (shipped / key).mkdir(parents=True)
+    (shipped / key / "grid.png").write_bytes(b"png")
+    (shipped / key / "eval.json").write_text(json.dumps(stored))
+    assert cache_dirs(config(shipped=[str(shipped)]))[1] == [cache_dir(config()), shipped / key]
     (base / "weights.bin").write_bytes(b"v2")  # retrained weights: a new key, evaluated afresh
     assert base_eval_key(config()) != key and load_base_eval(cache_dir(config()), tmp_path / "other.png") is None
+    assert all(load_base_eval(d, tmp_path / "other.png") is None for d in cache_dirs(config(shipped=[str(shipped)]))[1])
     remote = config().model_copy(update={"model": ci.model.model_copy(update={"base": "s3://b/sd", "clip": str(clip)})})
-    assert cache_dir(remote) is None  # weights it cannot fingerprint: never reused
+    assert cache_dirs(remote) == (None, [])  # weights it cannot fingerprint: never reused
+
+
+def test_the_demo_ships_its_base_evaluation():
+    """A fresh clone's `make demo` reads the base's evaluation from models/base-eval instead of
+    spending 1.5 minutes on it; a change to the base, the judge or the evaluation changes the key,
+    and then this fails until the entry is made again."""
+    from t2i_rlhf.online.base_eval_cache import base_eval_key
+
+    cfg = load_config(REPO / "configs" / "shapes.yaml")
+    key = base_eval_key(cfg)
+    shipped = [REPO / d / key / "eval.json" for d in cfg.eval.shipped_base_evals]
+    assert shipped and any(p.is_file() for p in shipped), (
+        f"no shipped base evaluation under key {key}: run `t2i-rlhf run --config configs/shapes.yaml` once and "
+        f"copy runs/cache/base-eval/{key} to {cfg.eval.shipped_base_evals[0] if shipped else 'models/base-eval'}/")
 
 
 def test_the_change_gets_a_standard_error_from_paired_verdicts():

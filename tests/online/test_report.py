@@ -201,7 +201,7 @@ def test_old_shape_dicts_count_as_held_out_and_warn_too():
 
 
 def test_base_eval_cache_keys_on_the_splits_and_reads_old_entries(tmp_path):
-    from t2i_rlhf.online.base_eval_cache import base_eval_key, cache_dir, load_base_eval
+    from t2i_rlhf.online.base_eval_cache import base_eval_key, cache_dirs, load_base_eval
 
     base, clip = tmp_path / "base", tmp_path / "clip"
     for d in (base, clip):
@@ -218,7 +218,7 @@ def test_base_eval_cache_keys_on_the_splits_and_reads_old_entries(tmp_path):
     both = base_eval_key(config(["heldout", "train"]))
     assert both == base_eval_key(config(["train", "heldout"]))  # the same items either way
     assert both != base_eval_key(config(["heldout"])) != base_eval_key(config(["train"]))
-    where = cache_dir(config(["heldout"]))  # an entry in the old shape loads as held-out only
+    where = cache_dirs(config(["heldout"]))[0]  # an entry in the old shape loads as held-out only
     where.mkdir(parents=True)
     (where / "grid.png").write_bytes(b"png")
     (where / "eval.json").write_text(json.dumps(result("base", BASE_BITS)))

@@ -127,14 +127,27 @@ class RewardModel:
         """r(x, z) in [0, 1] for uint8 HxWx3 images and their prompts, as float32."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        if not len(images):
-            return np.zeros(0, np.float32)
+        return self.score_each(images, [[p] for p in prompts]).reshape(-1)
+
+    @torch.no_grad()
+    def score_each(self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[str]]) -> np.ndarray:
+        """r(x_b, z) for every prompt z of prompts[b]: a [B, N] float32 array (rows of equal
+        length N). Each image is embedded once however many prompts it is scored against."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} rows of prompts")
+        width = len(prompts[0]) if len(prompts) else 0
+        if any(len(row) != width for row in prompts):
+            raise ValueError("every image needs the same number of prompts")
+        if not len(images) or not width:
+            return np.zeros((len(images), width), np.float32)
         x = self.backbone.embed_images(images, cache=False)
-        z = self.backbone.embed_texts(list(prompts))
-        m = self.margin(self.backbone, x, [[p] for p in prompts]).squeeze(1) if self.margin else None
+        flat = [p for row in prompts for p in row]
+        z = self.backbone.embed_texts(flat).view(len(images), width, -1)
+        m = self.margin(self.backbone, x, prompts) if self.margin else None
         device = next(self.mlp.parameters()).device
         m = m.to(device) if m is not None else None
-        return self.mlp(x.to(device), z.to(device), m).float().cpu().numpy().astype(np.float32)
+        r = self.mlp(x.to(device).unsqueeze(1), z.to(device), m)
+        return r.float().cpu().numpy().astype(np.float32)
 
 
 def save_reward_model(out_dir: str | Path, spec: RewardModelSpec, mlp: RewardMLP) -> Path:
