@@ -8,7 +8,7 @@ is already trained for the question it needs: its auxiliary term teaches r(x, z)
 true prompt of an image over the same prompt with its count, colour, shape or scene swapped
 (Lee et al. 2023, §4.2). So for each image the fine-tuning would give no weight (the reward model
 or its labels call it bad), the scorers score it against those swapped prompts, and the best one
-scoring at least `threshold` becomes an extra sample: the same latents, that prompt, r = its
+scoring at least `hindsight.threshold` becomes an extra sample: the same latents, that prompt, r = its
 score, no label. The reward-weighted loss then trains on it as on any good sample
 (finetune/loss.py); nothing else in the round changes.
 
@@ -18,6 +18,7 @@ held-out prompts stay unseen), so the held-out figures still measure generalisat
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -64,11 +65,25 @@ def alternatives(prompt: str, perturb: Callable[[str, int, int], list[str]],
 
 
 def needs_relabel(table: pa.Table, threshold: float) -> np.ndarray:
-    """The rows the fine-tuning learns nothing from: scored below `threshold` by the reward model,
-    or labelled bad (mean label below 0.5)."""
+    """The rows the fine-tuning's verdict calls bad: scored below `threshold` (the verdict's τ) by
+    the reward model, or labelled bad (mean label below 0.5)."""
     reward = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
     label = pc.fill_null(table.column("label"), 1.0).to_numpy(zero_copy_only=False)
     return (reward < threshold) | (label < 0.5)
+
+
+def relabelled_rows(table: pa.Table, rows: list[int], prompts: list[str], rewards: list[float]) -> pa.Table:
+    """Copies of `table`'s `rows` (SAMPLE_SCHEMA) with new prompts and rewards and no labels; each
+    sample id gets SUFFIX, so a copy never collides with a sample."""
+    out = table.select(SAMPLE_SCHEMA.names).take(pa.array(rows, pa.int64()))
+    n = out.num_rows
+    for name, values in {
+        "sample_id": pc.binary_join_element_wise(out.column("sample_id"), pa.scalar(SUFFIX), ""),
+        "prompt": pa.array(prompts, pa.string()), "reward": pa.array(rewards, pa.float32()),
+        "label": pa.nulls(n, pa.float32()), "n_labels": pa.array([0] * n, pa.int32()),
+    }.items():
+        out = out.set_column(SAMPLE_SCHEMA.get_field_index(name), SAMPLE_SCHEMA.field(name), values)
+    return out
 
 
 def relabel_samples(table: pa.Table, cfg: ExperimentConfig, scorers: ActorGroup,
@@ -79,7 +94,7 @@ def relabel_samples(table: pa.Table, cfg: ExperimentConfig, scorers: ActorGroup,
     if perturb is None:
         raise ValueError("hindsight relabelling needs a perturbation function (reward.perturbation is 'none')")
     drawn = rollout_prompts(cfg)
-    rows = np.flatnonzero(needs_relabel(table, h.threshold))
+    rows = np.flatnonzero(needs_relabel(table, cfg.finetune.verdict_threshold))
     prompts = table.column("prompt").to_pylist()
     options = {int(i): alternatives(prompts[i], perturb, drawn, h.prompts) for i in rows}
     rows = [i for i in options if options[i]]
@@ -95,21 +110,9 @@ def relabel_samples(table: pa.Table, cfg: ExperimentConfig, scorers: ActorGroup,
             picked.append(i)
             new_prompts.append(options[i][best])
             new_rewards.append(row[best])
-    out = table.select(SAMPLE_SCHEMA.names).take(pa.array(picked, pa.int64()))
-    n = out.num_rows
-    columns = {
-        "sample_id": pc.binary_join_element_wise(out.column("sample_id"), pa.scalar(SUFFIX), ""),
-        "prompt": pa.array(new_prompts, pa.string()),
-        "reward": pa.array(new_rewards, pa.float32()),
-        "label": pa.nulls(n, pa.float32()),
-        "n_labels": pa.array([0] * n, pa.int32()),
-    }
-    for name, values in columns.items():
-        out = out.set_column(SAMPLE_SCHEMA.get_field_index(name), SAMPLE_SCHEMA.field(name), values)
-    by_category = dict(zip(*np.unique(out.column("category").to_pylist() or [""], return_counts=True),
-                           strict=True)) if n else {}
-    summary = {"candidates": len(rows), "relabelled": n,
-               "by_category": {str(k): int(v) for k, v in by_category.items()}}
-    log.info("hindsight: %d of %d bad samples relabelled to a prompt they show (%s)", n, len(rows),
+    out = relabelled_rows(table, picked, new_prompts, new_rewards)
+    summary = {"candidates": len(rows), "relabelled": out.num_rows,
+               "by_category": dict(sorted(Counter(out.column("category").to_pylist()).items()))}
+    log.info("hindsight: %d of %d bad samples relabelled to a prompt they show (%s)", out.num_rows, len(rows),
              summary["by_category"])
     return out, summary
