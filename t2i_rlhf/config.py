@@ -179,13 +179,14 @@ class HindsightSection(_Strict):
         "Fine-tune also on the round's bad images, each as a good image of the prompt the reward model says it "
         "shows (an image of three circles drawn for \"two circles\" becomes one of \"three circles\"): "
         "hindsight relabelling (online/hindsight.py). Only prompts the rollout draws are named."))
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description=(
+    threshold: float = Field(0.9, gt=0.0, lt=1.0, description=(
         "The score a perturbation of a bad sample's prompt needs for the sample to be relabelled with it. A "
         "sample is bad when its score is below `finetune.reward_threshold` (0.5 if unset) or its labels say "
         "bad. The reward model is less sure of prompts it was not asked about: 0.9 kept 80% of relabels "
         "right on a demo round, 0.5 71%."))
-    prompts: int = Field(8, ge=1, description=(
-        "Perturbations of the prompt (`reward.perturbation`) each bad image is scored against."))
+    prompts: int = Field(32, ge=1, description=(
+        "Perturbations of the prompt (`reward.perturbation`) each bad image is scored against, at most (single "
+        "swaps first)."))
 
 
 class ExperimentConfig(_Strict):
