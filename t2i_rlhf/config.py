@@ -211,6 +211,9 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
+        if self.hindsight.enabled and self.finetune.reward_source == "label":
+            raise ValueError("hindsight.enabled needs finetune.reward_source 'reward' or 'agreement': relabelled "
+                             "samples have no labels, so with 'label' they would carry no r")
         if self.labelling.labels_per_round > self.rollout.samples_per_round:
             raise ValueError(f"labelling.labels_per_round ({self.labelling.labels_per_round}) exceeds "
                              f"rollout.samples_per_round ({self.rollout.samples_per_round})")

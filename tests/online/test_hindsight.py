@@ -32,6 +32,11 @@ def table(rows: list[tuple[str, str, float, float | None]]) -> pa.Table:
         for i, (drawn, shown, reward, label) in enumerate(rows)], schema=SAMPLE_SCHEMA)
 
 
+def test_relabelled_samples_need_an_r_that_is_not_the_label() -> None:
+    with pytest.raises(ValueError, match="reward_source"):
+        ExperimentConfig.model_validate({**config().model_dump(), "finetune": {"reward_source": "label"}})
+
+
 def test_alternatives_name_only_prompts_the_rollout_draws() -> None:
     drawn = rollout_prompts(config())
     found = alternatives("two circles", shapes_perturbations, drawn, 11)
