@@ -16,19 +16,18 @@ round: `t2i-rlhf finetune --samples ROUND/scored.parquet DIR/<name>/hindsight.pa
 from __future__ import annotations
 
 import argparse
+from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from t2i_rlhf.config import load_config
-from t2i_rlhf.online.hindsight import alternatives, needs_relabel, relabelled_rows, rollout_prompts
+from t2i_rlhf.online.hindsight import best_prompts, needs_relabel, relabel_candidates, relabelled_rows
 from t2i_rlhf.samples import decode_png
 from t2i_rlhf.shapes.judge import judge
 from t2i_rlhf.shapes.vocab import CATEGORIES
-from t2i_rlhf.training.reward.data import resolve_perturbation
 from t2i_rlhf.training.reward.model import load_reward_model
 
 
@@ -43,45 +42,41 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write each threshold's extra rows here")
     args = ap.parse_args()
 
-    cfg = load_config(args.config)
-    n_prompts = args.prompts or cfg.hindsight.prompts
+    cfg = load_config(args.config, {"hindsight.prompts": args.prompts} if args.prompts else None)
     table = pq.read_table(args.scored)
     table = table.filter(pc.is_valid(table.column("reward")))
-    perturb, drawn = resolve_perturbation(cfg.reward.perturbation), rollout_prompts(cfg)
-    bad = np.flatnonzero(needs_relabel(table, cfg.finetune.verdict_threshold))
-    texts, categories = table.column("prompt").to_pylist(), table.column("category").to_pylist()
-    options = {int(i): alternatives(texts[i], perturb, drawn, n_prompts) for i in bad}
-    rows = [i for i in options if options[i]]
-    images = [decode_png(b) for b in table.column("image").take(pa.array(rows, pa.int64())).to_pylist()]
-    model = load_reward_model(args.reward_model)
-    best = []
-    for image, i in zip(images, rows, strict=True):
-        scores = model.score_each([image], [options[i]])[0]
-        j = int(np.argmax(scores))
-        best.append((options[i][j], float(scores[j]), judge(image, options[i][j]).good))
-    exact = [next((q for q in options[i] if judge(image, q).good), None) for image, i in zip(images, rows, strict=True)]
+    n_bad = int(needs_relabel(table, cfg.finetune.verdict_threshold).sum())
+    options = relabel_candidates(table, cfg)
+    rows = list(options)
+    images = dict(zip(rows, map(decode_png, table.column("image").take(pa.array(rows, pa.int64())).to_pylist()),
+                      strict=True))
 
-    print(f"{table.num_rows} samples, {len(bad)} bad by the fine-tuning's verdict, {len(rows)} with perturbations "
-          f"the rollout draws ({n_prompts} scored each); relabelled / right, per category:")
+    @cache
+    def right(i: int, prompt: str) -> bool:
+        return judge(images[i], prompt).good
+
+    scores = load_reward_model(args.reward_model).score_each([images[i] for i in rows], list(options.values()))
+    found = {i: next((q for q in options[i] if right(i, q)), None) for i in rows}
+    exact = [(i, q) for i, q in found.items() if q is not None]
+    arms = {"exact": ([i for i, _ in exact], [q for _, q in exact], [1.0] * len(exact))}
+    for tau in args.thresholds:
+        arms[f"tau-{tau}"] = best_prompts(options, scores, tau)
+
+    categories = table.column("category").to_pylist()
+    print(f"{table.num_rows} samples, {n_bad} bad by the fine-tuning's verdict, {len(rows)} with perturbations "
+          f"the rollout draws ({cfg.hindsight.prompts} scored each); relabelled / right, per category:")
     print("| relabeller | all | " + " | ".join(CATEGORIES) + " |")
     print("|---|---|" + "---|" * len(CATEGORIES))
-    arms = {"exact (the judge)": [(k, q, 1.0) for k, q in enumerate(exact) if q is not None]}
-    for tau in args.thresholds:
-        arms[f"reward model, τ = {tau}"] = [(k, q, s) for k, (q, s, _) in enumerate(best) if s >= tau]
-    for name, picked in arms.items():
+    for name, (picked, prompts, rewards) in arms.items():
         cells = []
         for cat in ("all", *CATEGORIES):
-            mine = [(k, q) for k, q, _ in picked if cat == "all" or categories[rows[k]] == cat]
-            right = sum(judge(images[k], q).good for k, q in mine)
-            cells.append(f"{len(mine)} / {right}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+            mine = [(i, q) for i, q in zip(picked, prompts, strict=True) if cat == "all" or categories[i] == cat]
+            cells.append(f"{len(mine)} / {sum(right(i, q) for i, q in mine)}")
+        label = "the judge (exact)" if name == "exact" else f"reward model, τ = {name[4:]}"
+        print(f"| {label} | " + " | ".join(cells) + " |")
         if args.out:
-            where = args.out / name.split(",")[0].split(" ")[0] if name.startswith("exact") else \
-                args.out / f"tau-{name.rsplit(' ', 1)[1]}"
-            where.mkdir(parents=True, exist_ok=True)
-            extra = relabelled_rows(table, [rows[k] for k, _, _ in picked], [q for _, q, _ in picked],
-                                    [s for _, _, s in picked])
-            pq.write_table(extra, where / "hindsight.parquet")
+            (args.out / name).mkdir(parents=True, exist_ok=True)
+            pq.write_table(relabelled_rows(table, picked, prompts, rewards), args.out / name / "hindsight.parquet")
     if args.out:
         print(f"extra rows under {args.out}")
 

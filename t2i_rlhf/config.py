@@ -183,7 +183,7 @@ class HindsightSection(_Strict):
         "The score a perturbation of a bad sample's prompt needs for the sample to be relabelled with it. A "
         "sample is bad when its score is below `finetune.reward_threshold` (0.5 if unset) or its labels say "
         "bad. The reward model is less sure of prompts it was not asked about: 0.9 kept 80% of relabels "
-        "right on a demo round, 0.5 71%."))
+        "right on a demo round, 0.5 73%."))
     prompts: int = Field(32, ge=1, description=(
         "Perturbations of the prompt (`reward.perturbation`) each bad image is scored against, at most (single "
         "swaps first)."))

@@ -138,17 +138,14 @@ class RewardScorer:
             raise ValueError(f"got {len(images)} images but {len(prompts)} lists of prompts")
         decoded = [decode_png(b) for b in images]
         score = self._scorer()
-        out: list[list[float]] = [[] for _ in prompts]
-        for width in sorted({len(row) for row in prompts} - {0}):  # score_each takes rows of one length
-            idx = [i for i, row in enumerate(prompts) if len(row) == width]
-            if self._model is not None:
-                scores = self._model.score_each([decoded[i] for i in idx], [prompts[i] for i in idx])
-            else:
-                flat = score([decoded[i] for i in idx for _ in range(width)], [z for i in idx for z in prompts[i]])
-                scores = np.asarray(flat, np.float32).reshape(len(idx), width)
-            for i, row in zip(idx, scores, strict=True):
-                out[i] = [float(v) for v in row]
-        return out
+        if self._model is not None:
+            return [row.tolist() for row in self._model.score_each(decoded, prompts)]
+        if not any(prompts):
+            return [[] for _ in prompts]
+        flat = score([im for im, row in zip(decoded, prompts, strict=True) for _ in row],
+                     [z for row in prompts for z in row])
+        ends = np.cumsum([len(row) for row in prompts])[:-1]
+        return [part.tolist() for part in np.split(np.asarray(flat, np.float32).reshape(-1), ends)]
 
 
 RewardScorerActor = ray.remote(RewardScorer)

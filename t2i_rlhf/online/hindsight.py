@@ -86,31 +86,43 @@ def relabelled_rows(table: pa.Table, rows: list[int], prompts: list[str], reward
     return out
 
 
-def relabel_samples(table: pa.Table, cfg: ExperimentConfig, scorers: ActorGroup,
-                    chunk: int = 64) -> tuple[pa.Table, dict]:
-    """The relabelled copies of `table`'s bad samples (SAMPLE_SCHEMA rows) and a summary."""
-    h = cfg.hindsight
+def relabel_candidates(table: pa.Table, cfg: ExperimentConfig) -> dict[int, list[str]]:
+    """Row -> the prompts to score it against, for every row the fine-tuning's verdict calls bad
+    that has any (`hindsight.prompts` perturbations at most, only prompts the rollout draws)."""
     perturb = resolve_perturbation(cfg.reward.perturbation)
     if perturb is None:
         raise ValueError("hindsight relabelling needs a perturbation function (reward.perturbation is 'none')")
     drawn = rollout_prompts(cfg)
-    rows = np.flatnonzero(needs_relabel(table, cfg.finetune.verdict_threshold))
     prompts = table.column("prompt").to_pylist()
-    options = {int(i): alternatives(prompts[i], perturb, drawn, h.prompts) for i in rows}
-    rows = [i for i in options if options[i]]
+    options = {int(i): alternatives(prompts[i], perturb, drawn, cfg.hindsight.prompts)
+               for i in np.flatnonzero(needs_relabel(table, cfg.finetune.verdict_threshold))}
+    return {i: row for i, row in options.items() if row}
+
+
+def best_prompts(options: dict[int, list[str]], scores: list[list[float]],
+                 threshold: float) -> tuple[list[int], list[str], list[float]]:
+    """(rows, new prompts, their scores) where a row's best-scoring prompt reaches `threshold`;
+    `scores` are in the order of `options`."""
+    picked: tuple[list[int], list[str], list[float]] = ([], [], [])
+    for (i, row), s in zip(options.items(), scores, strict=True):
+        best = int(np.argmax(s))
+        if s[best] >= threshold:
+            for part, value in zip(picked, (i, row[best], float(s[best])), strict=True):
+                part.append(value)
+    return picked
+
+
+def relabel_samples(table: pa.Table, cfg: ExperimentConfig, scorers: ActorGroup,
+                    chunk: int = 64) -> tuple[pa.Table, dict]:
+    """The relabelled copies of `table`'s bad samples (SAMPLE_SCHEMA rows) and a summary."""
+    options = relabel_candidates(table, cfg)
+    rows = list(options)
     images = table.column("image").take(pa.array(rows, pa.int64())).to_pylist() if rows else []
     chunks = [list(range(s, min(s + chunk, len(rows)))) for s in range(0, len(rows), chunk)]
     scored = call_each(scorers, chunks, lambda s, c: s.score_prompts.remote(
         [images[j] for j in c], [options[rows[j]] for j in c], expect_version=scorers.version))
-    scores = [row for part in scored for row in part]
-    picked, new_prompts, new_rewards = [], [], []
-    for i, row in zip(rows, scores, strict=True):
-        best = int(np.argmax(row))
-        if row[best] >= h.threshold:
-            picked.append(i)
-            new_prompts.append(options[i][best])
-            new_rewards.append(row[best])
-    out = relabelled_rows(table, picked, new_prompts, new_rewards)
+    out = relabelled_rows(table, *best_prompts(options, [row for part in scored for row in part],
+                                               cfg.hindsight.threshold))
     summary = {"candidates": len(rows), "relabelled": out.num_rows,
                "by_category": dict(sorted(Counter(out.column("category").to_pylist()).items()))}
     log.info("hindsight: %d of %d bad samples relabelled to a prompt they show (%s)", out.num_rows, len(rows),

@@ -229,18 +229,22 @@ def rescore_samples(ctx: LoopContext, round: int) -> dict:
         scorers, batches, lambda s, b: s.score_batch.remote(b, expect_version=scorers.version)))
     path = ctx.round_dir(round) / "scored.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(scored, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    write_whole(scored, path)
     reward = scored.column("reward").to_numpy()
     out = {"path": str(path), "n": scored.num_rows, "reward_mean": float(reward.mean()),
            "reward_std": float(reward.std()), "reward_hist": np.histogram(reward, 10, (0, 1))[0].tolist()}
     if ctx.cfg.hindsight.enabled:
         relabelled, summary = relabel_samples(scored, ctx.cfg, scorers)
         extra = ctx.round_dir(round) / "hindsight.parquet"
-        pq.write_table(relabelled, extra.with_suffix(".tmp"))
-        extra.with_suffix(".tmp").replace(extra)
+        write_whole(relabelled, extra)
         out["hindsight"] = {"path": str(extra), **summary}
     return out
+
+
+def write_whole(table: pa.Table, path: Path) -> None:
+    """Write Parquet through a temporary file, so a killed driver never leaves half a file."""
+    pq.write_table(table, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
 
 
 # --- 4. reward-weighted fine-tuning ----------------------------------------------------------------

@@ -127,22 +127,28 @@ class RewardModel:
         """r(x, z) in [0, 1] for uint8 HxWx3 images and their prompts, as float32."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        return self.score_each(images, [[p] for p in prompts]).reshape(-1)
+        return self._score_rows(images, [[p] for p in prompts]).reshape(-1)
 
     @torch.no_grad()
-    def score_each(self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[str]]) -> np.ndarray:
-        """r(x_b, z) for every prompt z of prompts[b]: a [B, N] float32 array (rows of equal
-        length N). Each image is embedded once however many prompts it is scored against."""
+    def score_each(self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """r(x_b, z) for every prompt z of prompts[b], as one float32 array per image (rows may
+        differ in length). Each image is embedded once however many prompts it is scored against."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} rows of prompts")
+        out = [np.zeros(0, np.float32) for _ in prompts]
+        for width in sorted({len(row) for row in prompts} - {0}):  # the margin takes rows of one length
+            idx = [i for i, row in enumerate(prompts) if len(row) == width]
+            for i, row in zip(idx, self._score_rows([images[i] for i in idx], [prompts[i] for i in idx]), strict=True):
+                out[i] = row
+        return out
+
+    def _score_rows(self, images: Sequence[np.ndarray], prompts: Sequence[Sequence[str]]) -> np.ndarray:
+        """[B, N] scores of image b against prompts[b] (rows of one length N)."""
         width = len(prompts[0]) if len(prompts) else 0
-        if any(len(row) != width for row in prompts):
-            raise ValueError("every image needs the same number of prompts")
         if not len(images) or not width:
             return np.zeros((len(images), width), np.float32)
         x = self.backbone.embed_images(images, cache=False)
-        flat = [p for row in prompts for p in row]
-        z = self.backbone.embed_texts(flat).view(len(images), width, -1)
+        z = self.backbone.embed_texts([p for row in prompts for p in row]).view(len(images), width, -1)
         m = self.margin(self.backbone, x, prompts) if self.margin else None
         device = next(self.mlp.parameters()).device
         m = m.to(device) if m is not None else None
